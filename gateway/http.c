@@ -1,0 +1,548 @@
+/*
+ * http.c - the SmartRace webhook server on libmicrohttpd.
+ *
+ * Routing (SPEC section 5): OPTIONS anywhere is a CORS preflight; GET serves
+ * /, /healthz, /readyz and /metrics; POST anywhere else is a SmartRace event;
+ * every other method is 405. Every answer carries Access-Control-Allow-Origin
+ * because SmartRace runs in a webview that enforces CORS on the answer too.
+ *
+ * An event is answered 200 only once the journal has it on disk. The handler
+ * journals it, suspends the connection and returns; the journal's flusher
+ * calls http_committed(), which resumes every connection whose seq it covers,
+ * and libmicrohttpd then calls the handler again to send the answer. Workers
+ * therefore never sleep on fsync, and many requests share one fsync.
+ *
+ * Bounds: connection limit and per-connection timeout (slow and idle clients),
+ * body limit checked against Content-Length before reading and again while
+ * reading (chunked bodies), libmicrohttpd's own per-connection memory limit
+ * for headers.
+ */
+#include "race2mqtt/http.h"
+
+#include <arpa/inet.h>
+#include <json-c/json.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "race2mqtt/config.h"
+#include "race2mqtt/ingest.h"
+#include "race2mqtt/log.h"
+#include "race2mqtt/metrics.h"
+
+#define DETAIL_MAX 256
+#define FAILED_RANGES 16
+#define ALLOWED_METHODS "POST, GET, OPTIONS"
+#define DEFAULT_ALLOW_HEADERS "Content-Type, Authorization"
+#define PREFLIGHT_MAX_AGE "86400"
+
+/* One POSTed event from first byte to answer. */
+struct request {
+    char *body;
+    size_t len, cap;
+    bool too_large;
+    bool submitted;
+    int status;      /* 200 or 503 once answered */
+    uint64_t seq;
+    struct MHD_Connection *conn;
+    struct request *next; /* in http->waiting while suspended */
+};
+
+struct http {
+    const struct config *cfg;
+    struct ingest *in;
+    struct http_hooks hooks;
+    struct MHD_Daemon *daemon;
+    MHD_socket listen_fd;
+    int port;
+
+    pthread_mutex_t lock; /* protects what follows */
+    pthread_cond_t idle;  /* signalled when `waiting` empties */
+    struct request *waiting;
+    uint64_t done_upto;   /* every seq <= this has its commit verdict */
+    struct {
+        uint64_t first, last;
+    } failed[FAILED_RANGES]; /* recent failed commits (rare: disk full) */
+    size_t nfailed;
+    bool stopping;
+};
+
+static void log_mhd(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    log_debug("http: %s", line);
+}
+
+static enum MHD_Result queue(struct http *h, struct MHD_Connection *conn, int status,
+                             const char *type, const char *body, size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)(uintptr_t)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return MHD_NO;
+    if (type)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN,
+                            h->cfg->http.cors_origin);
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, ALLOWED_METHODS);
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    enum MHD_Result r = MHD_queue_response(conn, (unsigned int)status, resp);
+    MHD_destroy_response(resp);
+    metrics_http_status(status);
+    return r;
+}
+
+/* {"status": status_word, key: text}; text is escaped by json-c. */
+static enum MHD_Result queue_json(struct http *h, struct MHD_Connection *conn, int status,
+                                  const char *status_word, const char *key, const char *text)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string(status_word));
+    if (key)
+        json_object_object_add(o, key, json_object_new_string(text));
+    size_t len;
+    const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+    enum MHD_Result r = queue(h, conn, status, "application/json", s, len);
+    json_object_put(o);
+    return r;
+}
+
+static enum MHD_Result queue_error(struct http *h, struct MHD_Connection *conn, int status,
+                                   const char *reason)
+{
+    return queue_json(h, conn, status, "error", "error", reason);
+}
+
+/* Request headers echoed into Allow-Headers must look like a header list. */
+static bool header_list_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 512)
+        return false;
+    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_, ") == n;
+}
+
+static enum MHD_Result preflight(struct http *h, struct MHD_Connection *conn)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    const char *req_headers = MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCESS_CONTROL_REQUEST_HEADERS);
+    const char *pna =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Private-Network");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN,
+                            h->cfg->http.cors_origin);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_HEADERS,
+                            req_headers && header_list_ok(req_headers) ? req_headers
+                                                                       : DEFAULT_ALLOW_HEADERS);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE);
+    /* Chrome's Private Network Access: a page from a public origin may only
+     * reach a LAN address when the preflight answer says so. */
+    if (pna && strcasecmp(pna, "true") == 0)
+        MHD_add_response_header(resp, "Access-Control-Allow-Private-Network", "true");
+    if (strcmp(h->cfg->http.cors_origin, "*") != 0)
+        MHD_add_response_header(resp, "Vary", "Origin");
+    enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_NO_CONTENT, resp);
+    MHD_destroy_response(resp);
+    metrics_http_status(MHD_HTTP_NO_CONTENT);
+    return r;
+}
+
+/* Constant-time comparison, so the token cannot be guessed by timing. */
+static bool token_equal(const char *given, const char *want)
+{
+    size_t gl = strlen(given), wl = strlen(want);
+    unsigned char diff = (unsigned char)(gl != wl);
+    for (size_t i = 0; i < wl; i++)
+        diff |= (unsigned char)(want[i] ^ (i < gl ? given[i] : 0));
+    return diff == 0;
+}
+
+static bool authorized(struct http *h, struct MHD_Connection *conn)
+{
+    const char *want = h->cfg->http.token;
+    if (!want)
+        return true;
+    const char *q = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "token");
+    if (q && token_equal(q, want))
+        return true;
+    const char *auth =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    return auth && strncasecmp(auth, "Bearer ", 7) == 0 && token_equal(auth + 7, want);
+}
+
+static bool is_reserved(const char *url)
+{
+    return strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
+           strcmp(url, "/metrics") == 0;
+}
+
+/* The Host header, if it is a plain host[:port] safe to put into HTML. */
+static const char *safe_host(struct MHD_Connection *conn)
+{
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!host || strlen(host) > 255 ||
+        strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") !=
+            strlen(host))
+        return NULL;
+    return host;
+}
+
+static enum MHD_Result serve_get(struct http *h, struct MHD_Connection *conn, const char *url)
+{
+    bool ready = h->hooks.ready && h->hooks.ready(h->hooks.ctx);
+    if (strcmp(url, "/healthz") == 0)
+        return queue_json(h, conn, MHD_HTTP_OK, "ok", NULL, NULL);
+    if (strcmp(url, "/readyz") == 0)
+        return ready ? queue_json(h, conn, MHD_HTTP_OK, "ready", "broker", "connected")
+                     : queue_json(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready", "broker",
+                                  "disconnected");
+    if (strcmp(url, "/metrics") == 0) {
+        size_t len = 0;
+        char *text = h->hooks.metrics ? h->hooks.metrics(h->hooks.ctx, &len) : NULL;
+        if (!text)
+            return queue_error(h, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        enum MHD_Result r =
+            queue(h, conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
+        free(text);
+        return r;
+    }
+    if (strcmp(url, "/") == 0) {
+        /* The Host header is the address this client reached us by: the best
+         * guess for the URL the user should type into SmartRace. */
+        const char *host = safe_host(conn);
+        char where[300];
+        if (host)
+            snprintf(where, sizeof where, "%s", host);
+        else
+            snprintf(where, sizeof where, "&lt;this machine&gt;:%d", h->port);
+        char page[2048];
+        int n = snprintf(page, sizeof page,
+                         "<!doctype html><html><head><meta charset=\"utf-8\"><title>race2mqtt"
+                         "</title></head><body><h1>race2mqtt is running</h1>"
+                         "<p>In SmartRace, Settings &rarr; Data interface, enter this URL:</p>"
+                         "<pre>http://%s/%s</pre><p>MQTT broker: <b>%s</b></p>"
+                         "<p><a href=\"/healthz\">/healthz</a> &middot; "
+                         "<a href=\"/readyz\">/readyz</a> &middot; "
+                         "<a href=\"/metrics\">/metrics</a></p></body></html>\n",
+                         where, h->cfg->http.token ? "?token=&lt;your token&gt;" : "",
+                         ready ? "connected" : "disconnected");
+        return queue(h, conn, MHD_HTTP_OK, "text/html; charset=utf-8", page,
+                     n > 0 && (size_t)n < sizeof page ? (size_t)n : strlen(page));
+    }
+    return queue_error(h, conn, MHD_HTTP_NOT_FOUND,
+                       "not found: GET serves /, /healthz, /readyz and /metrics; "
+                       "POST SmartRace events to any other path");
+}
+
+/* Has the journal already ruled on seq? Called with h->lock held. */
+static bool verdict_locked(struct http *h, uint64_t seq, int *status)
+{
+    if (seq > h->done_upto)
+        return false;
+    *status = MHD_HTTP_OK;
+    for (size_t i = 0; i < h->nfailed && i < FAILED_RANGES; i++) {
+        if (seq >= h->failed[i].first && seq <= h->failed[i].last)
+            *status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    }
+    return true;
+}
+
+static enum MHD_Result answer(struct http *h, struct MHD_Connection *conn, struct request *r)
+{
+    if (r->status == MHD_HTTP_OK) {
+        char body[64];
+        int n = snprintf(body, sizeof body, "{\"status\":\"ok\",\"seq\":%llu}",
+                         (unsigned long long)r->seq);
+        return queue(h, conn, MHD_HTTP_OK, "application/json", body, (size_t)n);
+    }
+    metrics_inc(METRIC_EVENTS_REFUSED);
+    return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                       h->stopping ? "shutting down before the event was stored"
+                                   : "the journal could not store the event");
+}
+
+/* The body is complete: journal it and wait for the commit without blocking. */
+static enum MHD_Result submit(struct http *h, struct MHD_Connection *conn, struct request *r)
+{
+    r->submitted = true;
+    if (r->too_large) {
+        metrics_inc(METRIC_EVENTS_REJECTED);
+        return queue_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than http.max_body");
+    }
+    char detail[DETAIL_MAX] = "";
+    enum ingest_result res =
+        ingest_event(h->in, r->body ? r->body : "", r->len, &r->seq, detail, sizeof detail);
+    free(r->body);
+    r->body = NULL;
+    switch (res) {
+    case INGEST_OK:
+        break;
+    case INGEST_INVALID:
+        metrics_inc(METRIC_EVENTS_REJECTED);
+        return queue_error(h, conn, MHD_HTTP_BAD_REQUEST, detail);
+    case INGEST_FULL:
+    case INGEST_ERROR:
+    default:
+        metrics_inc(METRIC_EVENTS_REFUSED);
+        log_warn("http: event refused (503): %s", detail);
+        return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, detail);
+    }
+
+    pthread_mutex_lock(&h->lock);
+    bool decided = verdict_locked(h, r->seq, &r->status);
+    if (!decided) {
+        r->conn = conn;
+        r->next = h->waiting;
+        h->waiting = r;
+        /* Suspend while holding the lock, so http_committed() cannot resume a
+         * connection that is not suspended yet. */
+        MHD_suspend_connection(conn);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return decided ? answer(h, conn, r) : MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct http *h = cls;
+    struct request *r = *con_cls;
+    (void)version;
+
+    if (r) {
+        if (*upload_data_size > 0) {
+            /* More body: keep it while it fits, else just count it as too large. */
+            size_t n = *upload_data_size;
+            *upload_data_size = 0;
+            if (r->too_large || r->len + n > (size_t)h->cfg->http.max_body) {
+                r->too_large = true;
+                free(r->body);
+                r->body = NULL;
+                return MHD_YES;
+            }
+            if (r->len + n > r->cap) {
+                size_t cap = r->cap ? r->cap : 2048;
+                while (cap < r->len + n)
+                    cap *= 2;
+                char *nb = realloc(r->body, cap);
+                if (!nb)
+                    return MHD_NO;
+                r->body = nb;
+                r->cap = cap;
+            }
+            memcpy(r->body + r->len, upload_data, n);
+            r->len += n;
+            return MHD_YES;
+        }
+        if (!r->submitted)
+            return submit(h, conn, r);
+        /* Resumed by http_committed(): the verdict is in. */
+        return answer(h, conn, r);
+    }
+
+    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
+        return preflight(h, conn);
+    if (strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+        return serve_get(h, conn, url);
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+        return queue_error(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                           "method not allowed: POST events, GET status, OPTIONS preflight");
+    if (is_reserved(url))
+        return queue_error(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                           "method not allowed: this path only answers GET");
+    if (!authorized(h, conn)) {
+        metrics_inc(METRIC_EVENTS_REJECTED);
+        return queue_error(h, conn, MHD_HTTP_UNAUTHORIZED,
+                           "missing or wrong token: add ?token=... to the URL or send "
+                           "Authorization: Bearer ...");
+    }
+    const char *clen =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (clen) {
+        char *end;
+        unsigned long long n = strtoull(clen, &end, 10);
+        if (*end == '\0' && n > (unsigned long long)h->cfg->http.max_body) {
+            metrics_inc(METRIC_EVENTS_REJECTED);
+            return queue_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+                               "body larger than http.max_body");
+        }
+    }
+    if (h->stopping)
+        return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return MHD_NO;
+    *con_cls = r;
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct http *h = cls;
+    struct request *r = *con_cls;
+    (void)conn;
+    (void)toe;
+    if (!r)
+        return;
+    pthread_mutex_lock(&h->lock);
+    for (struct request **pp = &h->waiting; *pp; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    }
+    if (!h->waiting)
+        pthread_cond_broadcast(&h->idle);
+    pthread_mutex_unlock(&h->lock);
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+void http_committed(struct http *h, uint64_t first, uint64_t last, bool ok)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    if (last > h->done_upto)
+        h->done_upto = last;
+    if (!ok) {
+        h->failed[h->nfailed % FAILED_RANGES].first = first;
+        h->failed[h->nfailed % FAILED_RANGES].last = last;
+        h->nfailed++;
+    }
+    struct request **pp = &h->waiting;
+    while (*pp) {
+        struct request *r = *pp;
+        if (r->seq <= last && verdict_locked(h, r->seq, &r->status)) {
+            *pp = r->next;
+            MHD_resume_connection(r->conn);
+        } else {
+            pp = &r->next;
+        }
+    }
+    if (!h->waiting)
+        pthread_cond_broadcast(&h->idle);
+    pthread_mutex_unlock(&h->lock);
+}
+
+int http_start(struct http **out, const struct config *cfg, struct ingest *in,
+               const struct http_hooks *hooks, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    h->cfg = cfg;
+    h->in = in;
+    h->hooks = *hooks;
+    h->listen_fd = MHD_INVALID_SOCKET;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->idle, NULL);
+
+    struct sockaddr_storage ss = {0};
+    unsigned int flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, cfg->http.bind, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)cfg->http.port);
+    } else if (inet_pton(AF_INET6, cfg->http.bind, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)cfg->http.port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "http.bind: not an IPv4 or IPv6 address: '%s'", cfg->http.bind);
+        goto fail;
+    }
+
+    h->daemon = MHD_start_daemon(
+        flags, (uint16_t)cfg->http.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &ss,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->http.timeout_s,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http.threads,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, h,
+        MHD_OPTION_END);
+    if (!h->daemon) {
+        snprintf(err, errlen, "http: cannot listen on %s:%d (in use, or not an address here?)",
+                 cfg->http.bind, cfg->http.port);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : cfg->http.port;
+    *out = h;
+    return 0;
+fail:
+    pthread_cond_destroy(&h->idle);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+    return -1;
+}
+
+int http_port(const struct http *h)
+{
+    return h->port;
+}
+
+void http_stop(struct http *h, int timeout_ms)
+{
+    if (!h)
+        return;
+    if (h->daemon) {
+        /* No new connections; requests waiting for the journal finish first. */
+        h->listen_fd = MHD_quiesce_daemon(h->daemon);
+        pthread_mutex_lock(&h->lock);
+        h->stopping = true;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (h->waiting && pthread_cond_timedwait(&h->idle, &h->lock, &until) == 0)
+            ;
+        /* Whatever is still waiting was not stored in time: 503, and
+         * libmicrohttpd requires every connection resumed before it stops. */
+        for (struct request *r = h->waiting; r; r = r->next) {
+            r->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+            MHD_resume_connection(r->conn);
+        }
+        h->waiting = NULL;
+        pthread_mutex_unlock(&h->lock);
+        MHD_stop_daemon(h->daemon);
+        h->daemon = NULL;
+        if (h->listen_fd != MHD_INVALID_SOCKET)
+            close(h->listen_fd);
+        h->listen_fd = MHD_INVALID_SOCKET;
+    }
+}
+
+void http_free(struct http *h)
+{
+    if (!h)
+        return;
+    http_stop(h, 0);
+    pthread_cond_destroy(&h->idle);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}

@@ -1,0 +1,325 @@
+/*
+ * main.c - race2mqtt: SmartRace webhooks (and later RACE RESULT) to MQTT.
+ *
+ * The data flow, in start order:
+ *
+ *   config -> log -> journal -> ingest (state restored) -> MQTT + publisher
+ *          -> HTTP (last: input is accepted only once every output exists)
+ *
+ *   POST body --http--> ingest --append--> journal --commit--> http answers 200
+ *                                              \--> publisher --QoS 1--> broker
+ *
+ * Shutdown runs the exact reverse: stop accepting, drain to the broker within
+ * store.flush_timeout_ms, say "offline", close the journal (which keeps the
+ * rest for the next start).
+ *
+ * Signals are blocked in every thread and taken with sigwait() here, so no
+ * code runs in signal context at all.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <ifaddrs.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "race2mqtt/config.h"
+#include "race2mqtt/http.h"
+#include "race2mqtt/ingest.h"
+#include "race2mqtt/journal.h"
+#include "race2mqtt/log.h"
+#include "race2mqtt/metrics.h"
+#include "race2mqtt/mqtt.h"
+#include "race2mqtt/publisher.h"
+
+#define DEFAULT_CONFIG "config/race2mqtt.conf"
+#define EXIT_CONFIG 2
+#define HTTP_DRAIN_MS 2000
+#define MQTT_OFFLINE_MS 2000
+
+struct gateway {
+    struct config cfg;
+    struct journal *journal;
+    struct ingest *ingest;
+    struct publisher *publisher;
+    struct mqtt *mqtt;
+    struct http *_Atomic http;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: race2mqtt [-c FILE] [-v] [--check-config]\n"
+            "Bridges SmartRace webhooks and RACE RESULT decoders to an MQTT broker.\n\n"
+            "  -c, --config FILE   configuration file (default: " DEFAULT_CONFIG
+            " if it exists)\n"
+            "  -v, --verbose       log at debug level\n"
+            "      --check-config  validate, print the effective configuration (secrets\n"
+            "                      masked) and exit\n"
+            "  -h, --help          show this help and exit\n"
+            "  -V, --version       show the version and exit\n\n"
+            "Environment variables RACE2MQTT_<SECTION>_<KEY> override the file,\n"
+            "e.g. RACE2MQTT_MQTT_URL=mqtt://broker:1883 RACE2MQTT_HTTP_PORT=9000.\n"
+            "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on a configuration "
+            "error.\n");
+}
+
+/* Journal flusher thread: wake the publisher, answer the waiting requests. */
+static void on_commit(void *ctx, uint64_t first, uint64_t last, bool ok)
+{
+    struct gateway *g = ctx;
+    metrics_inc(METRIC_JOURNAL_COMMITS);
+    if (g->publisher)
+        publisher_wake(g->publisher);
+    http_committed(atomic_load(&g->http), first, last, ok);
+}
+
+static bool broker_ready(void *ctx)
+{
+    struct gateway *g = ctx;
+    return mqtt_is_connected(g->mqtt);
+}
+
+static char *render_metrics(void *ctx, size_t *len)
+{
+    struct gateway *g = ctx;
+    struct journal_stats st;
+    journal_get_stats(g->journal, &st);
+    uint64_t last = st.next_seq > 0 ? st.next_seq - 1 : 0;
+    uint64_t acked = publisher_acked(g->publisher);
+    struct metrics_gauges gauges = {
+        .broker_connected = mqtt_is_connected(g->mqtt),
+        .mqtt_reconnects = mqtt_reconnects(g->mqtt),
+        .queue_depth = last > acked ? last - acked : 0,
+        .journal_bytes = st.bytes,
+        .journal_max_bytes = st.max_bytes,
+        .last_seq = last,
+    };
+    return metrics_render(&gauges, len);
+}
+
+/* mkdir -p for the state directory. */
+static int make_dirs(const char *path, char *err, size_t errlen)
+{
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        snprintf(err, errlen, "store.dir: path too long");
+        return -1;
+    }
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "store.dir: cannot create %.300s: %s", buf, strerror(errno));
+                return -1;
+            }
+            *p = c;
+            if (c == '\0')
+                return 0;
+        }
+    }
+}
+
+/* The address a tablet on the LAN would use: the bind address, or for
+ * 0.0.0.0 the first non-loopback IPv4 address of this machine. */
+static void lan_address(const struct config *cfg, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", cfg->http.bind);
+    if (strcmp(cfg->http.bind, "0.0.0.0") != 0 && strcmp(cfg->http.bind, "::") != 0)
+        return;
+    snprintf(out, cap, "127.0.0.1");
+    struct ifaddrs *ifs;
+    if (getifaddrs(&ifs) != 0)
+        return;
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+            continue;
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)i->ifa_addr;
+        if ((ntohl(sin->sin_addr.s_addr) >> 24) == 127)
+            continue;
+        inet_ntop(AF_INET, &sin->sin_addr, out, (socklen_t)cap);
+        break;
+    }
+    freeifaddrs(ifs);
+}
+
+/* host and port of the broker URL, for the mosquitto_sub hint. */
+static void broker_host_port(const char *url, char *host, size_t cap, int *port)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    *port = strncmp(url, "mqtts", 5) == 0 ? 8883 : 1883;
+    size_t n = strcspn(p, ":/");
+    snprintf(host, cap, "%.*s", (int)n, p);
+    if (p[n] == ':')
+        *port = atoi(p + n + 1);
+}
+
+static void print_banner(const struct gateway *g)
+{
+    char addr[64], host[256];
+    int bport;
+    lan_address(&g->cfg, addr, sizeof addr);
+    broker_host_port(g->cfg.mqtt.url, host, sizeof host, &bport);
+    log_info("race2mqtt %s is running", RACE2MQTT_VERSION);
+    if (g->cfg.smartrace.enabled)
+        log_info("SmartRace: Settings -> Data interface -> URL: http://%s:%d/%s", addr,
+                 g->cfg.http.port, g->cfg.http.token ? "?token=<your http.token>" : "");
+    log_info("watch the events: mosquitto_sub -h %s -p %d -t '%s/#' -v", host, bport,
+             g->cfg.smartrace.base_topic);
+}
+
+static int run(struct gateway *g, const sigset_t *signals)
+{
+    char err[512] = "";
+    int status = 1;
+
+    if (make_dirs(g->cfg.store.dir, err, sizeof err) != 0)
+        goto out;
+    char jdir[PATH_MAX];
+    snprintf(jdir, sizeof jdir, "%s/journal", g->cfg.store.dir);
+    struct journal_options jopt = {
+        .dir = jdir,
+        .max_bytes = (uint64_t)g->cfg.store.max_bytes,
+        .segment_bytes = (uint64_t)g->cfg.store.segment_bytes,
+        .on_commit = on_commit,
+        .ctx = g,
+    };
+    if (journal_open(&g->journal, &jopt, err, sizeof err) != 0)
+        goto out;
+
+    g->ingest = ingest_new(&g->cfg, g->journal);
+    if (!g->ingest) {
+        snprintf(err, sizeof err, "out of memory");
+        goto out;
+    }
+    if (ingest_restore(g->ingest, err, sizeof err) != 0)
+        goto out;
+
+    g->publisher = publisher_new(&g->cfg, g->journal, g->ingest);
+    if (!g->publisher) {
+        snprintf(err, sizeof err, "out of memory");
+        goto out;
+    }
+    struct mqtt_callbacks cb = publisher_mqtt_callbacks(g->publisher);
+    if (mqtt_new(&g->mqtt, &g->cfg, &cb, err, sizeof err) != 0 ||
+        publisher_start(g->publisher, g->mqtt, err, sizeof err) != 0 ||
+        mqtt_start(g->mqtt, err, sizeof err) != 0)
+        goto out;
+
+    if (g->cfg.smartrace.enabled) {
+        struct http_hooks hooks = {.ready = broker_ready, .metrics = render_metrics, .ctx = g};
+        struct http *h;
+        if (http_start(&h, &g->cfg, g->ingest, &hooks, err, sizeof err) != 0)
+            goto out;
+        atomic_store(&g->http, h);
+    }
+    print_banner(g);
+
+    int sig = 0;
+    while (sigwait(signals, &sig) == 0 && sig != SIGTERM && sig != SIGINT)
+        ;
+    log_info("stopping on %s: accepting no more events, flushing to the broker (up to %d ms)",
+             sig == SIGINT ? "SIGINT" : "SIGTERM", g->cfg.store.flush_timeout_ms);
+    status = 0;
+
+out:
+    if (err[0])
+        log_error("%s", err);
+    /* The reverse of the start order. */
+    http_stop(atomic_load(&g->http), HTTP_DRAIN_MS);
+    publisher_stop(g->publisher, g->cfg.store.flush_timeout_ms);
+    mqtt_stop(g->mqtt, MQTT_OFFLINE_MS);
+    journal_close(g->journal);
+    g->journal = NULL;
+    http_free(atomic_exchange(&g->http, NULL));
+    publisher_free(g->publisher);
+    mqtt_free(g->mqtt);
+    ingest_free(g->ingest);
+    if (status == 0)
+        log_info("stopped cleanly");
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"verbose", no_argument, NULL, 'v'},
+        {"check-config", no_argument, NULL, 'C'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    bool verbose = false, check = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:vhV", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'v':
+            verbose = true;
+            break;
+        case 'C':
+            check = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("race2mqtt %s\n", RACE2MQTT_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return EXIT_CONFIG;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "race2mqtt: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return EXIT_CONFIG;
+    }
+    if (!path && access(DEFAULT_CONFIG, R_OK) == 0)
+        path = DEFAULT_CONFIG;
+
+    /* Before any thread exists, so that every thread inherits the mask. */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    static struct gateway g;
+    char err[512];
+    config_defaults(&g.cfg);
+    if (config_load(&g.cfg, path, err, sizeof err) != 0) {
+        fprintf(stderr, "race2mqtt: %s\n", err);
+        config_free(&g.cfg);
+        return EXIT_CONFIG;
+    }
+    if (check) {
+        printf("# race2mqtt %s: configuration OK (%s)\n", RACE2MQTT_VERSION,
+               path ? path : "defaults and environment only");
+        config_print(&g.cfg, stdout);
+        config_free(&g.cfg);
+        return 0;
+    }
+    enum log_level level = LOG_LEVEL_INFO;
+    log_level_parse(g.cfg.log.level, &level);
+    log_set_level(verbose ? LOG_LEVEL_DEBUG : level);
+    log_info("race2mqtt %s starting (config: %s)", RACE2MQTT_VERSION,
+             path ? path : "defaults and environment");
+
+    int status = run(&g, &signals);
+    config_free(&g.cfg);
+    return status;
+}

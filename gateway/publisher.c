@@ -1,0 +1,477 @@
+/*
+ * publisher.c - the journal's one reader: durable records out to the broker.
+ *
+ * Invariants:
+ * - Records go out in seq order; at most mqtt.max_inflight await a PUBACK.
+ *   They sit in `window`, a ring ordered by seq.
+ * - `acked` only moves past a record when it and every record before it were
+ *   acknowledged. Only then is the record forgotten: the watermark is stored
+ *   with the journal and segments are released up to min(acked, snapshot seq).
+ * - After every (re)connect everything in the window that is not acknowledged
+ *   is sent again from the journal. paho's own session state cannot be
+ *   trusted for this (it drops in-flight messages when the broker lost the
+ *   session), so a broker outage costs a few duplicates with the same seq,
+ *   never a loss.
+ * - paho callbacks only append to `acks`/`fails` and signal; all decisions
+ *   are made on this thread.
+ */
+#include "race2mqtt/publisher.h"
+
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "race2mqtt/config.h"
+#include "race2mqtt/ingest.h"
+#include "race2mqtt/journal.h"
+#include "race2mqtt/log.h"
+#include "race2mqtt/metrics.h"
+#include "race2mqtt/mqtt.h"
+#include "race2mqtt/smartrace.h"
+
+#define TICK_MS 100
+#define ACK_PERSIST_MS 100
+#define SNAPSHOT_MS 1000
+
+struct slot {
+    uint64_t seq;
+    struct journal_pos pos;
+    uint64_t sent_us;
+    bool acked;
+    bool needs_send; /* not sent on the current connection */
+    char family[16];  /* for metrics: the topic level after the base */
+};
+
+/* Tags reported by paho, handed over under the lock. */
+struct tag_list {
+    uint64_t *v;
+    size_t n, cap;
+};
+
+struct publisher {
+    const struct config *cfg;
+    struct journal *j;
+    struct ingest *in;
+    struct mqtt *m;
+
+    pthread_t thread;
+    bool running;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    /* Hand-off, under lock. */
+    bool wake;
+    bool connected_event;
+    bool stop;
+    uint64_t stop_deadline_us;
+    struct tag_list acks, fails;
+
+    /* Publisher thread only. */
+    struct slot *window;
+    size_t wcap, whead, wcount;
+    struct journal_pos read_pos;
+    char *buf, *sealed;
+    size_t bufcap, sealedcap;
+    bool connected;
+    uint64_t persisted_acked;
+    uint64_t last_persist_us, last_snapshot_us;
+    char info_topic[256];
+
+    _Atomic uint64_t acked;
+};
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Appends under p->lock; on no memory the tag is dropped, which at worst
+ * means a record is sent again after the next reconnect. */
+static void tag_push(struct tag_list *l, uint64_t tag)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        uint64_t *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = tag;
+}
+
+static void cb_connected(void *ctx)
+{
+    struct publisher *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    p->connected_event = true;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void cb_lost(void *ctx, const char *cause)
+{
+    struct publisher *p = ctx;
+    (void)cause;
+    publisher_wake(p);
+}
+
+static void cb_delivered(void *ctx, uint64_t tag)
+{
+    struct publisher *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    tag_push(&p->acks, tag);
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void cb_failed(void *ctx, uint64_t tag)
+{
+    struct publisher *p = ctx;
+    metrics_inc(METRIC_MQTT_PUBLISH_FAILED);
+    pthread_mutex_lock(&p->lock);
+    tag_push(&p->fails, tag);
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+struct publisher *publisher_new(const struct config *cfg, struct journal *j, struct ingest *in)
+{
+    struct publisher *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->cfg = cfg;
+    p->j = j;
+    p->in = in;
+    p->wcap = (size_t)cfg->mqtt.max_inflight;
+    p->window = calloc(p->wcap, sizeof *p->window);
+    if (!p->window) {
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    snprintf(p->info_topic, sizeof p->info_topic, "%s/bridge/info", cfg->mqtt.base_topic);
+    uint64_t acked = journal_acked(j);
+    atomic_store(&p->acked, acked);
+    p->persisted_acked = acked;
+    journal_seek(j, acked, &p->read_pos);
+    return p;
+}
+
+struct mqtt_callbacks publisher_mqtt_callbacks(struct publisher *p)
+{
+    struct mqtt_callbacks cb = {
+        .on_connected = cb_connected,
+        .on_connection_lost = cb_lost,
+        .on_delivered = cb_delivered,
+        .on_failed = cb_failed,
+        .ctx = p,
+    };
+    return cb;
+}
+
+void publisher_wake(struct publisher *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->wake = true;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+uint64_t publisher_acked(struct publisher *p)
+{
+    return atomic_load(&p->acked);
+}
+
+static struct slot *slot_at(struct publisher *p, size_t i)
+{
+    return &p->window[(p->whead + i) % p->wcap];
+}
+
+/* The window is ordered by seq, so a binary search finds a tag's slot. */
+static struct slot *slot_find(struct publisher *p, uint64_t seq)
+{
+    size_t lo = 0, hi = p->wcount;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        struct slot *s = slot_at(p, mid);
+        if (s->seq == seq)
+            return s;
+        if (s->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static void state_publish(void *ctx, const char *topic, const char *payload, size_t len)
+{
+    struct publisher *p = ctx;
+    /* Retained state is derived, not journaled: if this publish is lost with
+     * the connection, the next connect publishes all of it again. */
+    if (mqtt_publish(p->m, topic, payload ? payload : "", len, 1, true, 0) == 0)
+        metrics_inc(METRIC_STATE_PUBLISHED);
+}
+
+static void publish_bridge(struct publisher *p)
+{
+    mqtt_publish(p->m, mqtt_state_topic(p->m), "online", 6, 1, true, 0);
+
+    struct json_object *info = json_object_new_object();
+    struct json_object *sources = json_object_new_object();
+    json_object_object_add(info, "version", json_object_new_string(RACE2MQTT_VERSION));
+    json_object_object_add(sources, "smartrace", json_object_new_boolean(p->cfg->smartrace.enabled));
+    json_object_object_add(sources, "raceresult",
+                           json_object_new_boolean(p->cfg->raceresult.enabled == 1));
+    json_object_object_add(info, "sources", sources);
+    json_object_object_add(info, "broker_connected", json_object_new_boolean(1));
+    json_object_object_add(info, "config", config_to_json(p->cfg));
+    size_t len;
+    const char *text = json_object_to_json_string_length(info, JSON_C_TO_STRING_PLAIN, &len);
+    mqtt_publish(p->m, p->info_topic, text, len, 1, true, 0);
+    json_object_put(info);
+}
+
+/* Publishes one journal record; false when the client refused it. */
+static bool send_record(struct publisher *p, struct slot *s, const struct journal_record *rec)
+{
+    size_t need = rec->payload_len + SMARTRACE_SEAL_EXTRA;
+    if (need > p->sealedcap) {
+        char *nb = realloc(p->sealed, need);
+        if (!nb)
+            return false;
+        p->sealed = nb;
+        p->sealedcap = need;
+    }
+    size_t len = smartrace_seal(p->sealed, p->sealedcap, rec->payload, rec->payload_len, rec->seq);
+    if (mqtt_publish(p->m, rec->topic, p->sealed, len, p->cfg->smartrace.qos, false, rec->seq) != 0)
+        return false;
+    s->sent_us = now_us();
+    s->needs_send = false;
+    return true;
+}
+
+static void set_family(struct publisher *p, struct slot *s, const char *topic)
+{
+    size_t base = strlen(p->cfg->smartrace.base_topic);
+    const char *family = strncmp(topic, p->cfg->smartrace.base_topic, base) == 0 && topic[base] == '/'
+                             ? topic + base + 1
+                             : "other";
+    size_t n = strcspn(family, "/");
+    if (n >= sizeof s->family)
+        n = sizeof s->family - 1;
+    memcpy(s->family, family, n);
+    s->family[n] = '\0';
+}
+
+/* Sends again what this connection has not carried yet. */
+static void resend(struct publisher *p)
+{
+    for (size_t i = 0; i < p->wcount && p->connected; i++) {
+        struct slot *s = slot_at(p, i);
+        if (s->acked || !s->needs_send)
+            continue;
+        struct journal_pos pos = s->pos;
+        struct journal_record rec;
+        if (journal_read(p->j, &pos, &rec, &p->buf, &p->bufcap) != 1 || rec.seq != s->seq) {
+            log_error("publisher: cannot re-read seq %llu from the journal",
+                      (unsigned long long)s->seq);
+            continue;
+        }
+        if (!send_record(p, s, &rec))
+            return; /* refused: kept as needs_send, retried on the next pass */
+    }
+}
+
+/* Reads and sends new durable records while the window has room. */
+static void fill(struct publisher *p)
+{
+    while (p->connected && p->wcount < p->wcap) {
+        struct journal_pos before = p->read_pos;
+        struct journal_record rec;
+        int rc = journal_read(p->j, &p->read_pos, &rec, &p->buf, &p->bufcap);
+        if (rc != 1)
+            return;
+        struct slot *s = slot_at(p, p->wcount);
+        memset(s, 0, sizeof *s);
+        s->seq = rec.seq;
+        s->pos = before;
+        s->needs_send = true;
+        set_family(p, s, rec.topic);
+        p->wcount++;
+        if (!send_record(p, s, &rec))
+            return; /* refused: kept as needs_send, retried on the next pass */
+    }
+}
+
+static void apply_acks(struct publisher *p, const struct tag_list *acks,
+                       const struct tag_list *fails)
+{
+    uint64_t now = now_us();
+    for (size_t i = 0; i < acks->n; i++) {
+        struct slot *s = slot_find(p, acks->v[i]);
+        if (s && !s->acked) {
+            s->acked = true;
+            metrics_publish_latency_us(now - s->sent_us);
+            metrics_event_out(s->family, strlen(s->family));
+        }
+    }
+    for (size_t i = 0; i < fails->n; i++) {
+        struct slot *s = slot_find(p, fails->v[i]);
+        if (s && !s->acked)
+            s->needs_send = true;
+    }
+    /* Move the watermark over the acknowledged prefix. */
+    uint64_t acked = atomic_load(&p->acked);
+    while (p->wcount > 0 && slot_at(p, 0)->acked) {
+        acked = slot_at(p, 0)->seq;
+        p->whead = (p->whead + 1) % p->wcap;
+        p->wcount--;
+    }
+    atomic_store(&p->acked, acked);
+    /* Anything refused while "connected" is retried right away. */
+    if (fails->n > 0)
+        resend(p);
+}
+
+/* Stores the watermark and the state snapshot, then lets the journal forget
+ * what both cover. */
+static void housekeeping(struct publisher *p, bool force)
+{
+    uint64_t now = now_us();
+    uint64_t acked = atomic_load(&p->acked);
+    if (acked != p->persisted_acked && (force || now - p->last_persist_us >= ACK_PERSIST_MS * 1000)) {
+        journal_set_acked(p->j, acked);
+        p->persisted_acked = acked;
+        p->last_persist_us = now;
+    }
+    if (force || now - p->last_snapshot_us >= SNAPSHOT_MS * 1000) {
+        uint64_t saved = ingest_save_state(p->in);
+        journal_release(p->j, saved < p->persisted_acked ? saved : p->persisted_acked);
+        p->last_snapshot_us = now;
+    }
+}
+
+static bool drained(struct publisher *p)
+{
+    struct journal_stats st;
+    journal_get_stats(p->j, &st);
+    return p->wcount == 0 && atomic_load(&p->acked) + 1 >= st.next_seq;
+}
+
+static void *run(void *arg)
+{
+    struct publisher *p = arg;
+    struct tag_list acks = {0}, fails = {0};
+
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        if (!p->wake && !p->connected_event && !p->stop && p->acks.n == 0 && p->fails.n == 0) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += TICK_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&p->cond, &p->lock, &until);
+        }
+        /* Take the hand-off and work without the lock. */
+        struct tag_list t = p->acks;
+        p->acks = acks;
+        acks = t;
+        p->acks.n = 0;
+        t = p->fails;
+        p->fails = fails;
+        fails = t;
+        p->fails.n = 0;
+        bool reconnected = p->connected_event;
+        bool stopping = p->stop;
+        uint64_t deadline = p->stop_deadline_us;
+        p->connected_event = false;
+        p->wake = false;
+        pthread_mutex_unlock(&p->lock);
+
+        if (reconnected) {
+            p->connected = mqtt_is_connected(p->m);
+            for (size_t i = 0; i < p->wcount; i++)
+                slot_at(p, i)->needs_send = !slot_at(p, i)->acked;
+            if (p->connected) {
+                publish_bridge(p);
+                ingest_emit_state(p->in, true, state_publish, p);
+                if (p->wcount > 0)
+                    log_info("publisher: resending %zu unacknowledged events from seq %llu",
+                             p->wcount, (unsigned long long)slot_at(p, 0)->seq);
+            }
+        } else if (p->connected && !mqtt_is_connected(p->m)) {
+            p->connected = false;
+        }
+
+        apply_acks(p, &acks, &fails);
+        acks.n = fails.n = 0;
+        if (p->connected) {
+            resend(p);
+            fill(p);
+            if (ingest_state_dirty(p->in))
+                ingest_emit_state(p->in, false, state_publish, p);
+        }
+        housekeeping(p, false);
+
+        if (stopping && (drained(p) || now_us() >= deadline))
+            break;
+        pthread_mutex_lock(&p->lock);
+    }
+    free(acks.v);
+    free(fails.v);
+    if (!drained(p))
+        log_warn("publisher: stopping with events not yet acknowledged; they stay in the "
+                 "journal and go out after the next start");
+    housekeeping(p, true);
+    return NULL;
+}
+
+int publisher_start(struct publisher *p, struct mqtt *m, char *err, size_t errlen)
+{
+    p->m = m;
+    if (pthread_create(&p->thread, NULL, run, p) != 0) {
+        snprintf(err, errlen, "publisher: cannot start thread");
+        return -1;
+    }
+    p->running = true;
+    return 0;
+}
+
+void publisher_stop(struct publisher *p, int timeout_ms)
+{
+    if (!p || !p->running)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    p->stop_deadline_us = now_us() + (uint64_t)timeout_ms * 1000u;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    pthread_join(p->thread, NULL);
+    p->running = false;
+}
+
+void publisher_free(struct publisher *p)
+{
+    if (!p)
+        return;
+    publisher_stop(p, 0);
+    free(p->acks.v);
+    free(p->fails.v);
+    free(p->window);
+    free(p->buf);
+    free(p->sealed);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}

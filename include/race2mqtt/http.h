@@ -1,0 +1,47 @@
+/*
+ * http.h - the SmartRace webhook server (libmicrohttpd; the only file pair that
+ * knows it). SPEC section 5: POST on any path is an event, OPTIONS is a CORS
+ * preflight, GET /, /healthz, /readyz and /metrics report.
+ *
+ * An event is answered only after the journal made it durable: the request's
+ * connection is suspended until http_committed() covers its seq, so a worker
+ * thread never sleeps on fsync.
+ */
+#ifndef RACE2MQTT_HTTP_H
+#define RACE2MQTT_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct ingest;
+struct http;
+
+struct http_hooks {
+    bool (*ready)(void *ctx);                     /* broker connected */
+    char *(*metrics)(void *ctx, size_t *len);     /* Prometheus text, caller frees */
+    void *ctx;
+};
+
+/* Starts listening. cfg, in and hooks' ctx must outlive the server. */
+int http_start(struct http **out, const struct config *cfg, struct ingest *in,
+               const struct http_hooks *hooks, char *err, size_t errlen);
+
+/* The journal committed (ok) or dropped (!ok) seqs first..last. Any thread. */
+void http_committed(struct http *h, uint64_t first, uint64_t last, bool ok);
+
+/* The port actually bound (useful with port 0). */
+int http_port(const struct http *h);
+
+/*
+ * Stops accepting, lets requests waiting for the journal finish (bounded by
+ * timeout_ms; the rest get 503) and closes every connection. http_committed()
+ * stays safe to call until http_free(). Safe twice and with NULL.
+ */
+void http_stop(struct http *h, int timeout_ms);
+
+/* Frees a stopped server (stops it first if needed). NULL is fine. */
+void http_free(struct http *h);
+
+#endif

@@ -1,0 +1,58 @@
+/*
+ * ingest.h - from an accepted webhook body to a journaled message, in seq order.
+ *
+ * ingest owns the retained race state: an event is parsed and mapped outside
+ * any lock, then journaled and applied to the state under one lock, so the
+ * state is always "every event up to seq N" and can be rebuilt after a
+ * restart from a snapshot plus the journal after it.
+ */
+#ifndef RACE2MQTT_INGEST_H
+#define RACE2MQTT_INGEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "race2mqtt/state.h"
+
+struct config;
+struct journal;
+struct ingest;
+
+/* Creates the ingest path over j (borrowed, must outlive it). NULL on no memory. */
+struct ingest *ingest_new(const struct config *cfg, struct journal *j);
+void ingest_free(struct ingest *in);
+
+/*
+ * Loads <store.dir>/state.json if present and replays the journal after its
+ * seq, so the state is as it was at the last accepted event. Returns 0, or -1
+ * with a reason in err (an unreadable snapshot is logged and ignored, not an
+ * error).
+ */
+int ingest_restore(struct ingest *in, char *err, size_t errlen);
+
+enum ingest_result {
+    INGEST_OK,        /* journaled; durable once the journal commits *seq */
+    INGEST_INVALID,   /* malformed input: 400, detail says why */
+    INGEST_FULL,      /* journal full: 503 */
+    INGEST_ERROR,     /* journal cannot write or no memory: 503 */
+};
+
+/*
+ * Accepts one SmartRace webhook body. Any thread. On INGEST_OK, *seq is the
+ * event's sequence number. detail receives a one-line reason otherwise.
+ */
+enum ingest_result ingest_event(struct ingest *in, const char *body, size_t len, uint64_t *seq,
+                                char *detail, size_t detail_len);
+
+/* Publisher side: see state_emit(). Takes the lock for the duration. */
+void ingest_emit_state(struct ingest *in, bool all, state_emit_fn fn, void *ctx);
+bool ingest_state_dirty(struct ingest *in);
+
+/*
+ * Writes the state snapshot atomically (temp file, fsync, rename) when it
+ * changed since the last save. Returns the seq the saved snapshot covers.
+ */
+uint64_t ingest_save_state(struct ingest *in);
+
+#endif

@@ -1,0 +1,49 @@
+/*
+ * metrics.h - process-wide counters for GET /metrics (Prometheus text format).
+ *
+ * Counters are lock-free atomics so that any thread can count without
+ * contention; gauges that belong to a module (queue depth, connection state)
+ * are passed in when rendering instead of being copied here.
+ */
+#ifndef RACE2MQTT_METRICS_H
+#define RACE2MQTT_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum metrics_counter {
+    METRIC_EVENTS_REJECTED, /* SmartRace bodies answered 4xx */
+    METRIC_EVENTS_REFUSED,  /* answered 503: journal full or failing */
+    METRIC_JOURNAL_COMMITS,
+    METRIC_MQTT_PUBLISH_FAILED,
+    METRIC_STATE_PUBLISHED,
+    METRIC_COUNTER_COUNT
+};
+
+/* HTTP status classes counted for the metrics page. */
+void metrics_http_status(int status);
+void metrics_inc(enum metrics_counter c);
+
+/*
+ * Events by family: the topic level after the smartrace base ("lap", "event",
+ * "other", ...). in = journaled, out = acknowledged by the broker.
+ */
+void metrics_event_in(const char *family, size_t len);
+void metrics_event_out(const char *family, size_t len);
+
+/* Publish latency (journal commit to PUBACK), in microseconds. */
+void metrics_publish_latency_us(uint64_t us);
+
+struct metrics_gauges {
+    int broker_connected;
+    uint64_t mqtt_reconnects;
+    uint64_t queue_depth;     /* journaled, not yet acknowledged */
+    uint64_t journal_bytes;
+    uint64_t journal_max_bytes;
+    uint64_t last_seq;
+};
+
+/* Renders everything as Prometheus text; caller frees. NULL on no memory. */
+char *metrics_render(const struct metrics_gauges *g, size_t *len);
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * mqtt.h - the gateway's one MQTT connection (paho MQTTAsync underneath; this
+ * is the only file pair that knows paho).
+ *
+ * The connection has a stable client id and a persistent session, reconnects
+ * by itself with backoff, and carries a last will (<base>/bridge/state =
+ * "offline", retained). Callbacks run on paho's threads and must only hand off:
+ * copy what they need, signal, return.
+ */
+#ifndef RACE2MQTT_MQTT_H
+#define RACE2MQTT_MQTT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct mqtt;
+
+struct mqtt_callbacks {
+    /* Connected, first time or after a reconnect. */
+    void (*on_connected)(void *ctx);
+    /* The connection is gone; cause is a short text (may be empty). */
+    void (*on_connection_lost)(void *ctx, const char *cause);
+    /* The broker acknowledged the publish tagged tag (QoS 1: PUBACK). */
+    void (*on_delivered)(void *ctx, uint64_t tag);
+    /* The publish tagged tag will not be acknowledged on this connection. */
+    void (*on_failed)(void *ctx, uint64_t tag);
+    void *ctx;
+};
+
+/*
+ * Creates the client from cfg->mqtt (cfg must outlive it). Nothing connects
+ * yet. Returns 0, or -1 with a reason in err.
+ */
+int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_callbacks *cb,
+             char *err, size_t errlen);
+
+/* Starts connecting in the background and returns at once; retries forever. */
+int mqtt_start(struct mqtt *m, char *err, size_t errlen);
+
+/*
+ * Queues one publish. tag != 0 comes back through on_delivered or on_failed;
+ * tag 0 asks for no report. Returns 0, or -1 when the client refused it (not
+ * connected, queue full): the caller keeps the message and tries later.
+ */
+int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+                 bool retain, uint64_t tag);
+
+bool mqtt_is_connected(struct mqtt *m);
+
+/* Reconnects since start (the first connect not counted). */
+uint64_t mqtt_reconnects(struct mqtt *m);
+
+/* The bridge state topic, <mqtt.base_topic>/bridge/state. */
+const char *mqtt_state_topic(const struct mqtt *m);
+
+/*
+ * Clean stop: publishes "offline" (retained) and waits up to timeout_ms for the
+ * broker to take it, then disconnects. Safe when never connected, and twice.
+ */
+void mqtt_stop(struct mqtt *m, int timeout_ms);
+
+/* Frees the client; stops it first if needed. NULL is fine. */
+void mqtt_free(struct mqtt *m);
+
+#endif

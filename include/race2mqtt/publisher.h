@@ -1,0 +1,48 @@
+/*
+ * publisher.h - drains the journal to the broker and keeps retained state
+ * published.
+ *
+ * One thread reads durable journal records in seq order and publishes them at
+ * the configured QoS, at most mqtt.max_inflight at a time. A record is
+ * forgotten (acked watermark, segment release) only when it and every record
+ * before it were acknowledged. After every (re)connect it publishes "online",
+ * the bridge info and all retained state, then resends everything not yet
+ * acknowledged.
+ */
+#ifndef RACE2MQTT_PUBLISHER_H
+#define RACE2MQTT_PUBLISHER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "race2mqtt/mqtt.h"
+
+struct config;
+struct journal;
+struct ingest;
+struct publisher;
+
+/* All arguments are borrowed and must outlive the publisher. NULL on no memory. */
+struct publisher *publisher_new(const struct config *cfg, struct journal *j, struct ingest *in);
+
+/* Callbacks for mqtt_new() that hand off to this publisher. */
+struct mqtt_callbacks publisher_mqtt_callbacks(struct publisher *p);
+
+/* Starts the thread that publishes through m (borrowed). */
+int publisher_start(struct publisher *p, struct mqtt *m, char *err, size_t errlen);
+
+/* New durable records may be readable (journal commit). Any thread, cheap. */
+void publisher_wake(struct publisher *p);
+
+/*
+ * Waits up to timeout_ms until every durable record is acknowledged, then
+ * stops the thread and saves the state snapshot. Safe twice.
+ */
+void publisher_stop(struct publisher *p, int timeout_ms);
+void publisher_free(struct publisher *p);
+
+/* Highest seq such that it and all before it are acknowledged. */
+uint64_t publisher_acked(struct publisher *p);
+
+#endif

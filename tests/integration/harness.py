@@ -1,0 +1,859 @@
+"""
+harness.py - shared helpers for the race2mqtt integration tests.
+
+Every test runs the real Debian mosquitto on a free port in a temp dir, the real
+race2mqtt binary ($RACE2MQTT_BIN) and real MQTT subscribers (paho), and makes its
+assertions on what a subscriber receives: topic, payload, QoS and retain flag.
+When a test fails, the logs of every broker and gateway it started are printed
+(the way mosquitto's own test suite does), and the temp dir is removed unless
+R2M_KEEP_TMP=1.
+
+Run with Debian's /usr/bin/python3 (python3-paho-mqtt 1.6.1), e.g.
+  RACE2MQTT_BIN=build/race2mqtt /usr/bin/python3 -u tests/integration/test_http.py
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+MOSQUITTO = os.environ.get("R2M_MOSQUITTO", "/usr/sbin/mosquitto")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FIXTURES = os.environ.get("R2M_FIXTURES", os.path.join(REPO, "tests", "fixtures"))
+SHARED_FIXTURES = os.environ.get("R2M_SHARED_FIXTURES",
+                                 os.path.join(os.path.dirname(REPO), "shared", "fixtures"))
+LOG_TAIL_LINES = int(os.environ.get("R2M_LOG_TAIL", "300"))
+
+_counter = [0]
+_counter_lock = threading.Lock()
+
+
+def unique(prefix):
+    """A name unique within this run and across concurrent runs."""
+    with _counter_lock:
+        _counter[0] += 1
+        n = _counter[0]
+    return "%s-%d-%d" % (prefix, os.getpid(), n)
+
+
+def gateway_bin():
+    path = os.environ.get("RACE2MQTT_BIN")
+    if not path:
+        path = os.path.join(REPO, "build", "race2mqtt")
+    return path
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(pred, timeout, interval=0.05):
+    """Polls pred() until it returns a truthy value (returned) or timeout (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def tail(path, lines=LOG_TAIL_LINES):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return "<cannot read %s: %s>" % (path, e)
+    text = data.decode("utf-8", "replace").splitlines()
+    if len(text) > lines:
+        return "... (%d lines cut)\n" % (len(text) - lines) + "\n".join(text[-lines:])
+    return "\n".join(text)
+
+
+class Process:
+    """A child process whose output goes to a log file; base of Broker and Gateway."""
+
+    name = "process"
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.proc = None
+        self.log_path = os.path.join(workdir, self.name + ".log")
+
+    def _spawn(self, argv, env=None):
+        with open(self.log_path, "ab") as log:
+            log.write(("\n===== %s: start %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
+
+    def _note(self, text):
+        with open(self.log_path, "ab") as log:
+            log.write(("===== %s: %s\n" % (time.strftime("%H:%M:%S"), text)).encode())
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal_stop(self, sig=signal.SIGTERM, timeout=30):
+        """Sends sig and waits; returns the exit status (negative: killed by a signal)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._note("did not exit %ds after signal %d: SIGKILL" % (timeout, sig))
+                self.proc.kill()
+                self.proc.wait()
+                rc = self.proc.returncode
+                self._note("exit status %s" % rc)
+                raise AssertionError("%s did not exit within %ds after signal %d"
+                                     % (self.name, timeout, sig))
+        rc = self.proc.returncode
+        self._note("exit status %s" % rc)
+        return rc
+
+    def stop(self, timeout=30):
+        return self.signal_stop(signal.SIGTERM, timeout)
+
+    def kill(self):
+        return self.signal_stop(signal.SIGKILL, 10)
+
+    def cleanup(self):
+        if self.running():
+            try:
+                self.kill()
+            except Exception:
+                pass
+
+    def log(self):
+        return tail(self.log_path)
+
+
+class Broker(Process):
+    """mosquitto from a config written into workdir, on a fixed port across restarts."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir, port=None, persistence=True, extra_conf=""):
+        self.name = unique("mosquitto")
+        super().__init__(workdir)
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.extra_conf = extra_conf
+        self.conf_path = os.path.join(workdir, self.name + ".conf")
+        self.data_dir = os.path.join(workdir, self.name + "-data")
+        os.makedirs(self.data_dir, exist_ok=True)
+
+    def write_conf(self):
+        conf = [
+            "listener %d 127.0.0.1" % self.port,
+            "allow_anonymous true",
+            "persistence %s" % ("true" if self.persistence else "false"),
+            "persistence_location %s/" % self.data_dir,
+            "persistence_file mosquitto.db",
+            # No limits: the tests count every message (man mosquitto.conf:
+            # 0 = no maximum for both).
+            "max_queued_messages 0",
+            "max_inflight_messages 0",
+            "log_dest stderr",
+            "log_type all",
+            "connection_messages true",
+            "log_timestamp true",
+            "log_timestamp_format %H:%M:%S",
+            # Run as root: keep root instead of switching to the mosquitto user,
+            # which could not write the temp dir. No effect when not root.
+            "user root",
+            self.extra_conf,
+        ]
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(conf) + "\n")
+
+    def start(self, timeout=10):
+        assert not self.running(), "broker already running"
+        self.write_conf()
+        self._spawn([MOSQUITTO, "-c", self.conf_path])
+        deadline = time.monotonic() + timeout
+        while not port_accepts(self.port):
+            if self.proc.poll() is not None:
+                raise AssertionError("mosquitto exited with %s at start:\n%s"
+                                     % (self.proc.returncode, self.log()))
+            if time.monotonic() > deadline:
+                raise AssertionError("mosquitto does not accept on port %d:\n%s"
+                                     % (self.port, self.log()))
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout=30):
+        rc = super().stop(timeout)
+        # Let the port go (the next start binds it again).
+        wait_until(lambda: not port_accepts(self.port), 5)
+        return rc
+
+    def restart(self, persistence=None):
+        self.stop()
+        if persistence is not None:
+            self.persistence = persistence
+        return self.start()
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers  # lower-case name -> value (last one wins)
+        self.body = body
+        try:
+            self.json = json.loads(body.decode("utf-8")) if body else None
+        except (ValueError, UnicodeDecodeError):
+            self.json = None
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    def __repr__(self):
+        return "<HTTP %s %r %r>" % (self.status, self.headers, self.body[:300])
+
+
+def http_request(port, method, path, body=None, headers=None, timeout=10, host="127.0.0.1"):
+    """One request on a fresh connection; returns a Response."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        hdrs = {k.lower(): v for k, v in r.getheaders()}
+        return Response(r.status, hdrs, data)
+    finally:
+        conn.close()
+
+
+def post(port, path="/", body=None, headers=None, token=None, bearer=None, timeout=10):
+    """POSTs body (dict/list -> JSON, str -> UTF-8, bytes as is). token goes into
+    ?token=..., bearer into Authorization."""
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    elif isinstance(body, str):
+        body = body.encode()
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    if bearer is not None:
+        h["Authorization"] = "Bearer " + bearer
+    if token is not None:
+        path += ("&" if "?" in path else "?") + "token=" + token
+    return http_request(port, "POST", path, body=body if body is not None else b"", headers=h,
+                        timeout=timeout)
+
+
+def raw_http(port, data, timeout=10, shutdown_write=False):
+    """Sends raw bytes, returns everything the server sends until it closes or
+    timeout (b"" on timeout with nothing received)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+            if shutdown_write:
+                s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if b"\r\n\r\n" in out and _raw_complete(out):
+                    break
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return out
+
+
+def _raw_complete(data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if m:
+        return len(body) >= int(m.group(1))
+    return False
+
+
+def raw_status(data):
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return int(m.group(1)) if m else None
+
+
+class Gateway(Process):
+    """race2mqtt with a config file written into workdir; the store dir survives
+    restarts (same Gateway object = same store, same ports, same client id)."""
+
+    name = "race2mqtt"
+
+    def __init__(self, workdir, broker_port, http_port=None, token=None, max_body=None,
+                 client_id=None, extra=None, env=None, protocol=None):
+        self.name = unique("race2mqtt")
+        super().__init__(workdir)
+        self.broker_port = broker_port
+        self.http_port = http_port or free_port()
+        self.token = token
+        self.client_id = client_id or unique("r2m-it")
+        self.store_dir = os.path.join(workdir, self.name + "-var")
+        self.conf_path = os.path.join(workdir, self.name + ".conf")
+        self.sections = {
+            "mqtt": {"url": "mqtt://127.0.0.1:%d" % broker_port, "client_id": self.client_id},
+            "http": {"bind": "127.0.0.1", "port": str(self.http_port)},
+            "store": {"dir": self.store_dir},
+            "log": {"level": "debug"},
+            "raceresult": {"enabled": "false"},
+        }
+        if protocol:
+            self.sections["mqtt"]["protocol"] = protocol
+        if token is not None:
+            self.sections["http"]["token"] = token
+        if max_body is not None:
+            self.sections["http"]["max_body"] = str(max_body)
+        for sec, kv in (extra or {}).items():
+            self.sections.setdefault(sec, {}).update(kv)
+        self.env = env or {}
+
+    def write_conf(self):
+        with open(self.conf_path, "w") as f:
+            f.write("# written by tests/integration/harness.py\n")
+            for sec, kv in self.sections.items():
+                f.write("[%s]\n" % sec)
+                for k, v in kv.items():
+                    f.write("%s = %s\n" % (k, v))
+                f.write("\n")
+
+    def environ(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RACE2MQTT_")}
+        env.update(self.env)
+        return env
+
+    def start(self, wait=True, timeout=20):
+        assert not self.running(), "gateway already running"
+        self.write_conf()
+        binary = gateway_bin()
+        if not os.access(binary, os.X_OK):
+            raise AssertionError("gateway binary %s missing (set RACE2MQTT_BIN)" % binary)
+        self._spawn([binary, "-c", self.conf_path], env=self.environ())
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def _get_status(self, path):
+        try:
+            return http_request(self.http_port, "GET", path, timeout=2).status
+        except (OSError, http.client.HTTPException):
+            return None
+
+    def wait_healthy(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while self._get_status("/healthz") != 200:
+            if self.proc.poll() is not None:
+                raise AssertionError("race2mqtt exited with %s at start:\n%s"
+                                     % (self.proc.returncode, self.log()))
+            if time.monotonic() > deadline:
+                raise AssertionError("race2mqtt: /healthz not 200 after %ds:\n%s"
+                                     % (timeout, self.log()))
+            time.sleep(0.05)
+
+    def wait_ready(self, timeout=20):
+        """/healthz 200, then /readyz 200 (broker connected)."""
+        self.wait_healthy(timeout)
+        deadline = time.monotonic() + timeout
+        while self._get_status("/readyz") != 200:
+            if self.proc.poll() is not None:
+                raise AssertionError("race2mqtt exited with %s:\n%s"
+                                     % (self.proc.returncode, self.log()))
+            if time.monotonic() > deadline:
+                raise AssertionError("race2mqtt: /readyz not 200 after %ds:\n%s"
+                                     % (timeout, self.log()))
+            time.sleep(0.05)
+
+    def wait_readyz(self, status, timeout=30):
+        return wait_until(lambda: self._get_status("/readyz") == status, timeout, 0.1)
+
+    def post(self, body, path="/", **kw):
+        if "token" not in kw and "bearer" not in kw and self.token is not None:
+            kw["token"] = self.token
+        return post(self.http_port, path, body, **kw)
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        return http_request(self.http_port, method, path, body, headers, timeout)
+
+
+def run_cli(args, env=None, timeout=20):
+    """Runs the binary with args; returns (exit status, stdout+stderr text)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("RACE2MQTT_")}
+    e.update(env or {})
+    p = subprocess.run([gateway_bin()] + list(args), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e,
+                       timeout=timeout)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+class Message:
+    __slots__ = ("topic", "payload", "qos", "retain", "t")
+
+    def __init__(self, topic, payload, qos, retain):
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = bool(retain)
+        self.t = time.monotonic()
+
+    def json(self):
+        return json.loads(self.payload.decode("utf-8"))
+
+    def __repr__(self):
+        p = self.payload[:200]
+        return "<%s qos=%d retain=%d %r>" % (self.topic, self.qos, self.retain, p)
+
+
+class Subscriber:
+    """A paho client collecting every message of its filters.
+
+    protocol: mqtt.MQTTv311 or mqtt.MQTTv5. With MQTTv5, subscriptions use
+    Retain As Published, so the retain flag seen on live messages is the one the
+    gateway set (with 3.1.1 the broker clears it on live delivery).
+    persistent=True: clean_session False (3.1.1) / session expiry (5) with a
+    fixed client id, so messages published while away are queued.
+    """
+
+    def __init__(self, port, topics=("#",), qos=1, protocol=mqtt.MQTTv5, client_id=None,
+                 persistent=False):
+        self.port = port
+        self.topics = list(topics)
+        self.qos = qos
+        self.protocol = protocol
+        self.client_id = client_id or unique("r2m-it-sub")
+        self.persistent = persistent
+        self.sync_topic = "r2mtest/sync/" + self.client_id
+        self.messages = []
+        self.cond = threading.Condition()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.connects = 0
+        self._sync_n = 0
+        if protocol == mqtt.MQTTv5:
+            self.client = mqtt.Client(client_id=self.client_id, protocol=protocol)
+        else:
+            self.client = mqtt.Client(client_id=self.client_id, protocol=protocol,
+                                      clean_session=not persistent)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.reconnect_delay_set(0.1, 1)
+        self._mid = None
+
+    def _on_connect(self, client, userdata, flags, rc, properties=None):
+        if rc != 0:
+            return
+        self.connects += 1
+        subs = self.topics + [self.sync_topic]
+        if self.protocol == mqtt.MQTTv5:
+            req = [(t, SubscribeOptions(qos=self.qos, retainAsPublished=True)) for t in subs]
+        else:
+            req = [(t, self.qos) for t in subs]
+        self.subscribed.clear()
+        _, self._mid = client.subscribe(req)
+        self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, granted, properties=None):
+        if mid == self._mid:
+            self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, rc, properties=None):
+        self.connected.clear()
+        self.subscribed.clear()
+
+    def _on_message(self, client, userdata, msg):
+        m = Message(msg.topic, msg.payload, msg.qos, msg.retain)
+        with self.cond:
+            self.messages.append(m)
+            self.cond.notify_all()
+
+    def start(self, timeout=10):
+        if self.protocol == mqtt.MQTTv5:
+            from paho.mqtt.properties import Properties
+            from paho.mqtt.packettypes import PacketTypes
+            props = None
+            if self.persistent:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 3600
+            self.client.connect("127.0.0.1", self.port, keepalive=30,
+                                clean_start=not self.persistent, properties=props)
+        else:
+            self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        if not self.subscribed.wait(timeout):
+            raise AssertionError("subscriber %s: no SUBACK from port %d" % (self.client_id,
+                                                                             self.port))
+        return self
+
+    def stop(self):
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+        self.client.loop_stop()
+
+    def wait_connected(self, timeout=30):
+        return self.subscribed.wait(timeout)
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.messages)
+
+    def clear(self):
+        with self.cond:
+            self.messages = []
+
+    def wait_for(self, pred, timeout=10):
+        """Waits until pred(list of messages) is truthy; returns that value or None."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                v = pred(self.messages)
+                if v:
+                    return v
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(min(left, 0.2))
+
+    def wait_message(self, match, timeout=10):
+        """The first message for which match(msg) holds, or None."""
+        def pred(msgs):
+            for m in msgs:
+                if match(m):
+                    return m
+            return None
+        return self.wait_for(pred, timeout)
+
+    def on_topic(self, topic):
+        return [m for m in self.snapshot() if m.topic == topic]
+
+    def sync(self, timeout=10):
+        """Publishes a marker to our own sync topic and waits for it: every message
+        the broker queued for us before it (e.g. retained messages sent after
+        SUBACK) has then arrived."""
+        self._sync_n += 1
+        marker = ("%s/%d" % (self.client_id, self._sync_n)).encode()
+        self.client.publish(self.sync_topic, marker, qos=1)
+        m = self.wait_message(lambda m: m.topic == self.sync_topic and m.payload == marker,
+                              timeout)
+        if m is None:
+            raise AssertionError("subscriber %s: sync marker not received" % self.client_id)
+
+
+def publish(port, topic, payload, retain=False, qos=1):
+    """Publishes one message from a throw-away client and waits for completion."""
+    c = mqtt.Client(client_id=unique("r2m-it-pub"), protocol=mqtt.MQTTv311)
+    c.connect("127.0.0.1", port, keepalive=30)
+    c.loop_start()
+    try:
+        info = c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def retained(port, topic_filters, timeout=10, protocol=mqtt.MQTTv311):
+    """Connects a fresh (late) subscriber, returns {topic: Message} of what the
+    broker sends right after subscribing (the retained messages)."""
+    s = Subscriber(port, topic_filters, qos=1, protocol=protocol)
+    s.start(timeout)
+    try:
+        s.sync(timeout)
+        out = {}
+        for m in s.snapshot():
+            if m.topic != s.sync_topic:
+                out[m.topic] = m
+        return out
+    finally:
+        s.stop()
+
+
+class IntegrationCase(unittest.TestCase):
+    """Base class: tracks brokers, gateways, subscribers and temp dirs made by a
+    test (or by setUpClass) and prints broker/gateway logs when a test fails."""
+
+    _class_resources = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls._class_resources = []
+        cls._class_tmp = []
+
+    @classmethod
+    def tearDownClass(cls):
+        _cleanup(cls._class_resources or [], cls._class_tmp or [])
+
+    @classmethod
+    def class_tmpdir(cls):
+        d = tempfile.mkdtemp(prefix="r2m-it-")
+        cls._class_tmp.append(d)
+        return d
+
+    @classmethod
+    def class_track(cls, obj):
+        cls._class_resources.append(obj)
+        return obj
+
+    def tmpdir(self):
+        d = tempfile.mkdtemp(prefix="r2m-it-")
+        self._tmp.append(d)
+        return d
+
+    def track(self, obj):
+        self._resources.append(obj)
+        return obj
+
+    def start_broker(self, workdir=None, **kw):
+        return self.track(Broker(workdir or self.tmpdir(), **kw)).start()
+
+    def start_gateway(self, workdir, broker, **kw):
+        wait = kw.pop("wait", True)
+        return self.track(Gateway(workdir, broker.port, **kw)).start(wait=wait)
+
+    def subscribe(self, port, topics=("#",), **kw):
+        return self.track(Subscriber(port, topics, **kw)).start()
+
+    def run(self, result=None):
+        if result is None:
+            result = self.defaultTestResult()
+        self._resources = []
+        self._tmp = []
+        before = len(result.failures) + len(result.errors)
+        try:
+            return super().run(result)
+        finally:
+            if len(result.failures) + len(result.errors) > before:
+                self.dump_logs()
+            _cleanup(self._resources, self._tmp)
+
+    def dump_logs(self):
+        procs = [r for r in self._resources + (type(self)._class_resources or [])
+                 if isinstance(r, Process)]
+        out = sys.stderr
+        for p in procs:
+            out.write("\n----- %s log (%s) -----\n%s\n----- end of %s log -----\n"
+                      % (p.name, p.log_path, p.log(), p.name))
+        out.flush()
+
+    # Assertions shared by several tests.
+
+    def assertCors(self, resp, origin="*"):
+        self.assertEqual(resp.header("Access-Control-Allow-Origin"), origin,
+                         "Access-Control-Allow-Origin missing/wrong on %r" % resp)
+
+    def assertJsonError(self, resp, status):
+        self.assertEqual(resp.status, status, resp)
+        self.assertIsInstance(resp.json, dict, "error body is not a JSON object: %r" % resp)
+        self.assertEqual(resp.json.get("status"), "error", resp)
+        self.assertIsInstance(resp.json.get("error"), str, resp)
+        self.assertTrue(resp.json.get("error"), resp)
+
+    def assertOk(self, resp):
+        self.assertEqual(resp.status, 200, resp)
+        self.assertIsInstance(resp.json, dict, resp)
+        self.assertEqual(resp.json.get("status"), "ok", resp)
+        self.assertIsInstance(resp.json.get("seq"), int, resp)
+        self.assertNotIsInstance(resp.json.get("seq"), bool, resp)
+        return resp.json["seq"]
+
+
+def _cleanup(resources, tmpdirs):
+    for r in reversed(resources):
+        try:
+            if isinstance(r, Subscriber):
+                r.stop()
+            else:
+                r.cleanup()
+        except Exception as e:  # cleanup must go on
+            sys.stderr.write("cleanup of %r: %s\n" % (r, e))
+    del resources[:]
+    if os.environ.get("R2M_KEEP_TMP") != "1":
+        for d in tmpdirs:
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        for d in tmpdirs:
+            sys.stderr.write("kept %s\n" % d)
+    del tmpdirs[:]
+
+
+# The SmartRace mapping as SPEC.md section 2 states it, written independently of
+# the gateway so that the tests check the gateway against the spec.
+
+BASE = "smartrace"
+
+EVENT_TOPICS = {
+    "ui.lap_update": ("lap", True),
+    "event.start": ("event/start", False),
+    "event.end": ("event/end", False),
+    "event.change_status": ("event/status", False),
+    "events.weather_change": ("weather/change", False),
+    "events.weather_update": ("weather/forecast", False),
+    "race.vsc_deployed": ("vsc", False),
+    "race.vsc_retracted": ("vsc", False),
+    "race.penalty_update": ("penalty", True),
+    "race.damage_update": ("damage", True),
+    "util.fuel_update": ("fuel", True),
+    "events.tire_change": ("tire", True),
+    "event.pit.enter": ("pit", True),
+    "event.pit.leave": ("pit", True),
+    "util.set_active_track": ("track", False),
+    "ui.reset": ("reset", False),
+    "ui.remove_car_from_session": ("remove", True),
+    "cu.send_esc_command": ("esc", False),
+}
+
+
+def sanitize_level(s):
+    """SPEC section 1: outside [A-Za-z0-9._-] -> '_' (per byte of UTF-8), empty ->
+    '_', cap 64 bytes."""
+    if isinstance(s, str):
+        s = s.encode("utf-8")
+    out = bytes(c if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in b"._-")
+                else ord("_") for c in s)
+    out = out[:64]
+    return out.decode("ascii") if out else "_"
+
+
+def controller_of(data):
+    """The controller id as a string, or None when there is no usable one."""
+    if not isinstance(data, dict):
+        return None
+    cid = data.get("controller_id")
+    if isinstance(cid, bool) or cid is None:
+        return None
+    if isinstance(cid, int):
+        return str(cid)
+    if isinstance(cid, str):
+        return cid
+    return None
+
+
+def expected_topic(event):
+    etype = event["event_type"]
+    if etype not in EVENT_TOPICS:
+        return "%s/other/%s" % (BASE, sanitize_level(etype))
+    sub, per_controller = EVENT_TOPICS[etype]
+    if not per_controller:
+        return "%s/%s" % (BASE, sub)
+    cid = controller_of(event.get("event_data"))
+    level = sanitize_level(cid) if cid is not None else "_"
+    return "%s/%s/%s" % (BASE, sub, level)
+
+
+def is_per_controller(etype):
+    return EVENT_TOPICS.get(etype, (None, False))[1]
+
+
+def load_fixture_dir(path):
+    """[(name, raw bytes)] of every *.json in path (sorted), [] if none."""
+    if not os.path.isdir(path):
+        return []
+    out = []
+    for n in sorted(os.listdir(path)):
+        if n.endswith(".json"):
+            with open(os.path.join(path, n), "rb") as f:
+                out.append((n, f.read()))
+    return out
+
+
+def find_values(obj, key):
+    """Every value stored under key anywhere in a JSON document."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                found.append(v)
+            found.extend(find_values(v, key))
+    elif isinstance(obj, list):
+        for v in obj:
+            found.extend(find_values(v, key))
+    return found
+
+
+def contains_value(obj, value):
+    if obj == value and type(obj) == type(value):
+        return True
+    if isinstance(obj, dict):
+        return any(contains_value(v, value) for v in obj.values())
+    if isinstance(obj, list):
+        return any(contains_value(v, value) for v in obj)
+    return False
+
+
+def delivery_report(test, sub, answered, topic, label, show_dups=True):
+    """answered: {seq: i}. Waits for every answered seq, then asserts order,
+    payload and no loss; prints one summary line. Returns (delivered, dups, lost)."""
+    def seqs_of(msgs):
+        out = []
+        for m in msgs:
+            if m.topic == topic:
+                out.append((m.json().get("seq"), m))
+        return out
+
+    sub.wait_for(lambda msgs: set(answered) <= {s for s, _ in seqs_of(msgs)}, 60)
+    got = seqs_of(sub.snapshot())
+    first = []
+    seen = {}
+    for s, m in got:
+        seen.setdefault(s, []).append(m)
+        if len(seen[s]) == 1:
+            first.append(s)
+    dups = len(got) - len(seen)
+    lost = sorted(set(answered) - set(seen))
+    delivered = len(set(answered) & set(seen))
+    if show_dups:
+        print("%s: answered_2xx=%d delivered=%d duplicates=%d lost=%d"
+              % (label, len(answered), delivered, dups, len(lost)))
+    else:
+        print("%s: answered_2xx=%d delivered=%d lost=%d (duplicates=%d)"
+              % (label, len(answered), delivered, len(lost), dups))
+    test.assertEqual(lost, [], "events answered 2xx never delivered (seqs)")
+    test.assertEqual(first, sorted(first), "first arrivals not in seq order")
+    for s, ms in seen.items():
+        datas = {m.payload for m in ms}
+        test.assertEqual(len(datas), 1, "seq %d delivered with different payloads (reused): %r"
+                         % (s, datas))
+        for m in ms:
+            test.assertEqual(m.qos, 1)
+        if s in answered:
+            test.assertEqual(ms[0].json()["data"]["i"], answered[s],
+                             "seq %d carries another event" % s)
+    return len(seen), dups, lost
+
+
+def main():
+    unittest.main(verbosity=2)
