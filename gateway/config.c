@@ -55,6 +55,8 @@ _Static_assert(sizeof(int) == sizeof(int32_t), "integer keys are stored as int32
 
 /* A value longer than this is refused; it bounds what the environment can feed us. */
 #define VALUE_MAX 4096
+/* Values quoted in errors are cut after this many bytes. */
+#define QUOTE_MAX 120
 /* A secret file holds at most this many bytes (after which it is not a secret but a mistake). */
 #define SECRET_FILE_MAX 4096
 
@@ -361,14 +363,14 @@ static int64_t int_load(const void *field, size_t size)
 }
 
 /*
- * A value as it may appear in an error: at most 40 bytes, control characters
- * as '?', in quotes. Never called for a secret key.
+ * A value as it may appear in an error: at most QUOTE_MAX bytes, control
+ * characters as '?', in quotes. Never called for a secret key.
  */
 static const char *quoted(const char *value, char *buf, size_t len)
 {
-    char text[48];
+    char text[QUOTE_MAX + 1];
     size_t n = 0;
-    for (; value[n] && n < 40; n++)
+    for (; value[n] && n < QUOTE_MAX; n++)
         text[n] = iscntrl((unsigned char)value[n]) ? '?' : value[n];
     text[n] = '\0';
     snprintf(buf, len, "'%s'%s", text, value[n] ? "..." : "");
@@ -512,7 +514,7 @@ static int set_string(struct config *cfg, const struct key *k, const char *value
         return 0;
 
     if ((k->flags & KEY_READABLE) && access(copy, R_OK) != 0) {
-        char q[64];
+        char q[QUOTE_MAX + 8];
         snprintf(why, whylen, "cannot read %s: %s", quoted(copy, q, sizeof q), strerror(errno));
         return -1;
     }
@@ -527,7 +529,7 @@ static int key_set(struct config *cfg, const struct key *k, const char *value, c
                    size_t whylen)
 {
     void *field = field_of(cfg, k);
-    char q[64];
+    char q[QUOTE_MAX + 8];
     int64_t v = 0;
     int rc;
 
@@ -645,7 +647,7 @@ void config_defaults(struct config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < N_KEYS; i++) {
-        char why[256];
+        char why[512];
         if (keys[i].def && key_set(cfg, &keys[i], keys[i].def, why, sizeof why) != 0)
             log_error("config: built-in default of %s.%s refused: %s", keys[i].section,
                       keys[i].name, why);
@@ -751,7 +753,7 @@ static char *read_line(char *str, int num, void *stream)
 static int on_value(void *user, const char *section, const char *name, const char *value)
 {
     struct loader *l = user;
-    char why[256];
+    char why[512];
     const struct key *k = key_find(section, name);
 
     if (l->failed)
@@ -800,7 +802,7 @@ static int load_file(struct loader *l)
 static int load_env(struct loader *l)
 {
     for (size_t i = 0; i < N_KEYS; i++) {
-        char var[96], why[256];
+        char var[96], why[512];
         env_name(&keys[i], var, sizeof var);
         const char *value = getenv(var);
         if (!value)
@@ -815,33 +817,32 @@ static int load_env(struct loader *l)
 }
 
 /*
- * Reads a secret file into buf (at least SECRET_FILE_MAX + 1 bytes) and drops
- * one trailing "\n" or "\r\n". Returns NULL or a reason that never quotes the content.
+ * Reads a secret file into buf (SECRET_FILE_MAX + 1 bytes) and drops one
+ * trailing "\n" or "\r\n". On error returns -1 with a reason in why that
+ * never quotes the content.
  */
-static const char *read_secret(const char *path, char *buf)
+static int read_secret(const char *path, char *buf, char *why, size_t whylen)
 {
-    static char reason[128];
-    const char *r = NULL;
+    int rc = -1;
+    size_t n = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(reason, sizeof reason, "%s", strerror(errno));
-        return reason;
+        snprintf(why, whylen, "%s", strerror(errno));
+        return -1;
     }
-    size_t n = 0;
     for (;;) {
         ssize_t got = read(fd, buf + n, SECRET_FILE_MAX + 1 - n);
         if (got < 0 && errno == EINTR)
             continue;
         if (got < 0) {
-            snprintf(reason, sizeof reason, "%s", strerror(errno));
-            r = reason;
+            snprintf(why, whylen, "%s", strerror(errno));
             goto out;
         }
         if (got == 0)
             break;
         n += (size_t)got;
         if (n > SECRET_FILE_MAX) {
-            r = "larger than 4096 bytes";
+            snprintf(why, whylen, "larger than %d bytes", SECRET_FILE_MAX);
             goto out;
         }
     }
@@ -851,12 +852,14 @@ static const char *read_secret(const char *path, char *buf)
         n--;
     buf[n] = '\0';
     if (n == 0)
-        r = "is empty";
+        snprintf(why, whylen, "is empty");
     else if (memchr(buf, '\0', n))
-        r = "contains a NUL byte";
+        snprintf(why, whylen, "contains a NUL byte");
+    else
+        rc = 0;
 out:
     close(fd);
-    return r;
+    return rc;
 }
 
 static int load_secret_files(struct loader *l)
@@ -868,7 +871,7 @@ static int load_secret_files(struct loader *l)
         const struct key *fk = key_find(k->section, k->file_key);
         const char *path = *(char **)field_of(l->cfg, fk);
         char **secret = field_of(l->cfg, k);
-        char why[256], q[64];
+        char why[512], q[QUOTE_MAX + 8];
         if (!path)
             continue;
         if (*secret) {
@@ -878,13 +881,13 @@ static int load_secret_files(struct loader *l)
             return -1;
         }
         char buf[SECRET_FILE_MAX + 1];
-        const char *reason = read_secret(path, buf);
-        if (!reason && key_set(l->cfg, k, buf, why, sizeof why) != 0)
-            reason = why;
+        int rc = read_secret(path, buf, why, sizeof why);
+        if (rc == 0)
+            rc = key_set(l->cfg, k, buf, why, sizeof why);
         explicit_bzero(buf, sizeof buf);
-        if (reason) {
-            char msg[384];
-            snprintf(msg, sizeof msg, "secret file %s: %s", quoted(path, q, sizeof q), reason);
+        if (rc != 0) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "secret file %s: %s", quoted(path, q, sizeof q), why);
             fail_key(l, fk, msg);
             return -1;
         }

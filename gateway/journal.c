@@ -25,8 +25,11 @@
  *   mutex in the same order in which records enter the pending buffer, so a
  *   batch is always a contiguous range. Seqs of a batch that failed to write
  *   are burned. On open, numbering continues after the highest of: every seq
- *   found (also in damaged tails), the acked watermark and the newest
- *   segment's name - 1.
+ *   found (also intact records behind damage), the acked watermark and the
+ *   newest segment's name - 1. The one exception: seqs that never became
+ *   durable and come after the last durable record of the run (a batch torn
+ *   by a crash, or failed batches just before a stop) may be handed out again
+ *   after a restart; no one was ever told they were durable.
  * - Durable before on_commit. journal_append() only copies into memory; the
  *   flusher writes a whole batch with one pwrite and one fdatasync (group
  *   commit) and calls on_commit(ok) only afterwards, outside the mutex. A
@@ -563,10 +566,12 @@ static void *flusher_main(void *arg)
                      j->failed_since, first - 1);
             j->failing = false;
         }
-        if (j->on_commit)
-            j->on_commit(j->ctx, first, last, !err);
+        /* Rolling first costs one directory fsync per segment, and leaves the
+         * files settled by the time anyone hears of the commit. */
         if (roll)
             segment_roll(j, last + 1);
+        if (j->on_commit)
+            j->on_commit(j->ctx, first, last, !err);
         pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
@@ -669,7 +674,8 @@ static int list_segments(const char *dir, uint64_t **out, size_t *n, char *err, 
         }
         (*out)[(*n)++] = first;
     }
-    qsort(*out, *n, sizeof **out, cmp_u64);
+    if (*n > 1) /* qsort(NULL, 0, ...) is undefined behaviour */
+        qsort(*out, *n, sizeof **out, cmp_u64);
     rc = 0;
 out:
     closedir(d);
@@ -727,9 +733,10 @@ static int segment_recover(struct journal *j, uint64_t first, bool newest, uint6
             *max_seq = hi;
         char lost[96] = "";
         if (count)
-            snprintf(lost, sizeof lost, "; %" PRIu64 " intact records in them (seq %" PRIu64
-                                        "..%" PRIu64 ") are lost",
-                     count, lo, hi);
+            snprintf(lost, sizeof lost,
+                     "; %" PRIu64 " intact record%s in them (seq %" PRIu64 "..%" PRIu64
+                     ") lost",
+                     count, count == 1 ? "" : "s", lo, hi);
         log_msg(count ? LOG_LEVEL_ERROR : LOG_LEVEL_WARN,
                 "journal: %s: dropped %" PRIu64 " bytes from offset %" PRIu64 " (%s)%s", name,
                 w.size - off, off, why, lost);

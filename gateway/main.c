@@ -300,7 +300,6 @@ int main(int argc, char **argv)
 
     static struct gateway g;
     char err[512];
-    config_defaults(&g.cfg);
     if (config_load(&g.cfg, path, err, sizeof err) != 0) {
         fprintf(stderr, "race2mqtt: %s\n", err);
         config_free(&g.cfg);

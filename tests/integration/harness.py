@@ -748,18 +748,20 @@ def sanitize_level(s):
     return out.decode("ascii") if out else "_"
 
 
-def controller_of(data):
-    """The controller id as a string, or None when there is no usable one."""
-    if not isinstance(data, dict):
-        return None
-    cid = data.get("controller_id")
-    if isinstance(cid, bool) or cid is None:
-        return None
-    if isinstance(cid, int):
-        return str(cid)
-    if isinstance(cid, str):
-        return cid
-    return None
+# Events whose event_data may be the bare controller id ("Contains only the
+# controller ID" in the vendor page; real apps send 6 or "5").
+BARE_ID_EVENTS = {"event.pit.enter", "event.pit.leave", "ui.remove_car_from_session"}
+
+
+def controller_of(data, event_type=None):
+    """The controller id as a string, or None when there is no usable one
+    (missing, null, empty, or not a string/integer)."""
+    cid = data.get("controller_id") if isinstance(data, dict) else None
+    if isinstance(cid, bool) or not isinstance(cid, (int, str)) or cid == "":
+        cid = None
+    if cid is None and event_type in BARE_ID_EVENTS and not isinstance(data, (dict, bool)):
+        cid = data if isinstance(data, (int, str)) and data != "" else None
+    return str(cid) if cid is not None else None
 
 
 def expected_topic(event):
@@ -769,7 +771,7 @@ def expected_topic(event):
     sub, per_controller = EVENT_TOPICS[etype]
     if not per_controller:
         return "%s/%s" % (BASE, sub)
-    cid = controller_of(event.get("event_data"))
+    cid = controller_of(event.get("event_data"), etype)
     level = sanitize_level(cid) if cid is not None else "_"
     return "%s/%s/%s" % (BASE, sub, level)
 

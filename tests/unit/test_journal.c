@@ -97,9 +97,14 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
+/* Each open starts a fresh record of on_commit calls. */
 static void open_journal(struct fixture *f)
 {
     char err[256] = "";
+    memset(f->t.seen, 0, MAX_TRACKED);
+    memset(f->t.ok, 0, MAX_TRACKED);
+    f->t.decided = f->t.prev_last = f->t.calls = f->t.failed = 0;
+    f->t.out_of_order = false;
     int rc = journal_open(&f->j, &f->opt, err, sizeof err);
     if (rc != 0)
         fail_msg("journal_open: %s", err);
@@ -209,7 +214,7 @@ static int list_segs(const char *dir, char names[][64], int max)
     assert_true(n >= 0);
     for (int i = 0; i < n; i++) {
         if (strncmp(list[i]->d_name, "seg-", 4) == 0 && k < max)
-            snprintf(names[k++], 64, "%s", list[i]->d_name);
+            snprintf(names[k++], 64, "%.63s", list[i]->d_name);
         free(list[i]);
     }
     free(list);
@@ -397,6 +402,8 @@ static void *writer_main(void *arg)
         make_payload(payload, &len, w->id, i);
         if (journal_append(w->j, topic, payload, len, &w->seqs[i]) != JOURNAL_OK)
             w->errors++;
+        if (i % 256 == 0)
+            usleep(100); /* more, smaller commits: more rolls while the reader reads */
     }
     return NULL;
 }
@@ -689,7 +696,8 @@ static void test_torn_tail(void **state)
     /* The torn record (seq 10) was never durable; its bytes are gone from the file. */
     off_t rec10 = HEADER + 4 + 10; /* "t/10" + "payload-10" */
     assert_int_equal(file_size(f->dir, name), size - rec10);
-    assert_true(append_n(f, 11) >= 10);
+    /* Seq 10 may be handed out again: nobody was ever told it was durable. */
+    assert_int_equal(append_n(f, 11), 10);
     n = read_all(f->j, &seqs);
     assert_int_equal(n, 10);
     free(seqs);
