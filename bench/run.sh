@@ -88,6 +88,19 @@ free_port() {
   return 1
 }
 
+# True when pid has a socket listening on 127.0.0.1:port (so that a broker or
+# server someone else runs on the same port is never mistaken for ours).
+owns_port() { # pid port
+  local pid=$1 hex inodes
+  hex=$(printf '%04X' "$2")
+  inodes=$(find "/proc/$pid/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null |
+           sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p' | tr '\n' ' ')
+  [ -n "$inodes" ] || return 1
+  awk -v h="0100007F:$hex" -v inos=" $inodes" \
+    'NR > 1 && $2 == h && $4 == "0A" && index(inos, " " $10 " ") { f = 1 } END { exit !f }' \
+    /proc/net/tcp
+}
+
 MQTT_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 while [ "$HTTP_PORT" = "$MQTT_PORT" ]; do HTTP_PORT=$(free_port); done
@@ -107,9 +120,13 @@ EOF
 
 "$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
 BROKER_PID=$!
-for _ in $(seq 50); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break
-  kill -0 "$BROKER_PID" 2>/dev/null || { cat "$TMP/mosquitto.log" >&2; exit 1; }
+for i in $(seq 51); do
+  owns_port "$BROKER_PID" "$MQTT_PORT" && break
+  if [ "$i" = 51 ] || ! kill -0 "$BROKER_PID" 2>/dev/null; then
+    echo "run.sh: mosquitto did not start on 127.0.0.1:$MQTT_PORT:" >&2
+    cat "$TMP/mosquitto.log" >&2
+    exit 1
+  fi
   sleep 0.1
 done
 
@@ -134,7 +151,8 @@ EOF
   "$BIN" -c "$dir/race2mqtt.conf" >"$dir/gateway.log" 2>&1 &
   GW_PID=$!
   for _ in $(seq 150); do
-    if curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$HTTP_PORT/readyz"; then
+    if owns_port "$GW_PID" "$HTTP_PORT" &&
+       curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$HTTP_PORT/readyz"; then
       return 0
     fi
     if ! kill -0 "$GW_PID" 2>/dev/null; then
@@ -148,6 +166,12 @@ EOF
   echo "run.sh: /readyz not 200 after 15 s:" >&2
   tail -n 20 "$dir/gateway.log" >&2
   exit 1
+}
+
+gateway_metrics() {
+  curl -sf --max-time 2 "http://127.0.0.1:$HTTP_PORT/metrics" |
+    grep -E '^race2mqtt_(queue_depth|mqtt_reconnects_total|events_rejected_total|events_refused_total|mqtt_publish_failed_total|journal_bytes) ' |
+    sed 's/^race2mqtt_/  gateway metric: /' || true
 }
 
 stop_gateway() { # name
@@ -170,6 +194,7 @@ timeout --kill-after=5 330 "$BENCH" \
   --http "127.0.0.1:$HTTP_PORT" --broker "tcp://127.0.0.1:$MQTT_PORT" \
   --n "$N" --conns "$CONNS" --rate 0 --warmup "$WARMUP" --grace-ms "$GRACE_MS" \
   --pid "$GW_PID" --timeout-s 300 --label "run 1"
+gateway_metrics
 stop_gateway full
 echo
 
@@ -180,4 +205,5 @@ timeout --kill-after=5 $((RATE_SECONDS + 90)) "$BENCH" \
   --n $((RATE * RATE_SECONDS)) --conns "$CONNS" --rate "$RATE" \
   --warmup $((RATE / 2)) --grace-ms "$GRACE_MS" \
   --pid "$GW_PID" --timeout-s $((RATE_SECONDS + 60)) --label "run 2"
+gateway_metrics
 stop_gateway paced

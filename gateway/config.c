@@ -287,6 +287,10 @@ static const char *check_http_url(void *field)
 static const char *check_topic(void *field)
 {
     const char *t = *(char **)field;
+    /* Topics are built as <base>/<family>/<64-byte level> into fixed buffers
+     * (SMARTRACE_TOPIC_MAX = 320), so the base must leave room for the rest. */
+    if (strlen(t) > 128)
+        return "longer than 128 bytes";
     if (strpbrk(t, "+#"))
         return "must not contain the MQTT wildcards '+' or '#'";
     if (t[0] == '/' || t[strlen(t) - 1] == '/')

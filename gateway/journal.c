@@ -49,9 +49,9 @@
  * read up to there. One log line per damaged segment says what was dropped.
  *
  * Locking: one mutex guards the segment list, the pending buffer and the
- * counters. No I/O happens under it except opening a segment for reading; the
- * reader preads from a file descriptor that only the reader thread (read,
- * release) or journal_close() ever closes.
+ * counters. No I/O happens under it except opening and closing the reader's
+ * segment file; the reader preads outside it, from a file descriptor that
+ * only the reader thread (read, seek, release) or journal_close() closes.
  */
 #include "race2mqtt/journal.h"
 
@@ -294,8 +294,7 @@ static const char *window_get(struct window *w, uint64_t off, size_t n)
  * Returns NULL if it is good (header in *h), else why not. An I/O error sets
  * *io_err.
  */
-static const char *window_record(struct window *w, uint64_t off, struct rec_header *h,
-                                 int *io_err)
+static const char *window_record(struct window *w, uint64_t off, struct rec_header *h, int *io_err)
 {
     *io_err = 0;
     if (w->size - off < REC_HEADER)
@@ -447,8 +446,8 @@ static int segment_add(struct journal *j, uint64_t first, int fd)
 {
     if (segs_reserve(j) != 0)
         return -1;
-    j->segs[j->nsegs++] = (struct segment){
-        .first = first, .last = first - 1, .end = 0, .disk = 0, .fd = fd};
+    j->segs[j->nsegs++] =
+        (struct segment){.first = first, .last = first - 1, .end = 0, .disk = 0, .fd = fd};
     return 0;
 }
 
@@ -734,8 +733,7 @@ static int segment_recover(struct journal *j, uint64_t first, bool newest, uint6
         char lost[96] = "";
         if (count)
             snprintf(lost, sizeof lost,
-                     "; %" PRIu64 " intact record%s in them (seq %" PRIu64 "..%" PRIu64
-                     ") lost",
+                     "; %" PRIu64 " intact record%s in them (seq %" PRIu64 "..%" PRIu64 ") lost",
                      count, count == 1 ? "" : "s", lo, hi);
         log_msg(count ? LOG_LEVEL_ERROR : LOG_LEVEL_WARN,
                 "journal: %s: dropped %" PRIu64 " bytes from offset %" PRIu64 " (%s)%s", name,
@@ -792,8 +790,7 @@ static void journal_free(struct journal *j)
     free(j);
 }
 
-int journal_open(struct journal **out, const struct journal_options *opt, char *err,
-                 size_t errlen)
+int journal_open(struct journal **out, const struct journal_options *opt, char *err, size_t errlen)
 {
     uint64_t *firsts = NULL;
     size_t nfirsts = 0;
@@ -867,8 +864,7 @@ int journal_open(struct journal **out, const struct journal_options *opt, char *
         goto fail;
     }
     j->flusher_started = true;
-    log_info("journal: %s: %zu segments, %" PRIu64 " bytes, next seq %" PRIu64
-             ", acked %" PRIu64,
+    log_info("journal: %s: %zu segments, %" PRIu64 " bytes, next seq %" PRIu64 ", acked %" PRIu64,
              opt->dir, j->nsegs, j->used, j->next_seq, acked);
     free(firsts);
     *out = j;
@@ -936,8 +932,8 @@ static int seg_read_fd(struct journal *j, size_t i)
     return s->fd;
 }
 
-int journal_read(struct journal *j, struct journal_pos *pos, struct journal_record *rec,
-                 char **buf, size_t *cap)
+int journal_read(struct journal *j, struct journal_pos *pos, struct journal_record *rec, char **buf,
+                 size_t *cap)
 {
     char name[SEG_NAME_SIZE];
     unsigned char hb[REC_HEADER];
@@ -1034,8 +1030,7 @@ damaged:
         pos->offset = off + record_len(&h);
     else
         pos->offset = end;
-    log_error("journal: %s: damaged record at offset %" PRIu64 " (%s); skipped %" PRIu64
-              " bytes",
+    log_error("journal: %s: damaged record at offset %" PRIu64 " (%s); skipped %" PRIu64 " bytes",
               name, off, why, pos->offset - off);
     return -1;
 }

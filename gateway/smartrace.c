@@ -189,6 +189,60 @@ static bool sr_numbers_ok(struct json_object *o)
 }
 
 /*
+ * Strict UTF-8 (RFC 3629): json-c's JSON_TOKENER_VALIDATE_UTF8 only checks the
+ * byte pattern and lets overlong forms, UTF-16 surrogates and code points above
+ * U+10FFFF through, which strict decoders on the subscriber side reject.
+ * Returns the offset of the first bad byte, or len.
+ */
+static size_t sr_utf8_check(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        /* ASCII runs dominate; test eight bytes at a time. */
+        if (i + 8 <= len) {
+            uint64_t w;
+            memcpy(&w, s + i, sizeof w);
+            if ((w & 0x8080808080808080ULL) == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 3;
+            if (c == 0xE0)
+                lo = 0xA0;
+            else if (c == 0xED)
+                hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 4;
+            if (c == 0xF0)
+                lo = 0x90;
+            else if (c == 0xF4)
+                hi = 0x8F;
+        } else {
+            return i;
+        }
+        if (len - i < n || s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t k = 2; k < n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return i;
+        }
+        i += n;
+    }
+    return len;
+}
+
+/*
  * Parses a[0..alen) followed by b[0..blen) (b may be empty) as one JSON text.
  * The second chunk lets a stored head be completed with "}" without copying it.
  * On success *out is owned by the caller.
@@ -202,6 +256,10 @@ static enum sr_error sr_tokenize(const char *a, size_t alen, const char *b, size
     const char *nul;
 
     *out = NULL;
+    if (!a) {
+        a = "";
+        alen = 0;
+    }
     if (alen > INT_MAX / 2 || blen > INT_MAX / 2) {
         sr_detail(detail, detail_len, "invalid JSON: body too large");
         goto done;
@@ -213,6 +271,11 @@ static enum sr_error sr_tokenize(const char *a, size_t alen, const char *b, size
     }
     if (blen && memchr(b, '\0', blen)) {
         sr_detail(detail, detail_len, "invalid JSON: NUL byte");
+        goto done;
+    }
+    size_t bad = sr_utf8_check((const unsigned char *)a, alen);
+    if (bad != alen || sr_utf8_check((const unsigned char *)b, blen) != blen) {
+        sr_detail(detail, detail_len, "invalid JSON at byte %zu: invalid UTF-8", bad);
         goto done;
     }
     /* json-c counts the top level as one level, the header promises
@@ -229,28 +292,26 @@ static enum sr_error sr_tokenize(const char *a, size_t alen, const char *b, size
     size_t chunk_len[3] = {alen, blen, 1};
     size_t offset = 0;
     enum json_tokener_error jerr = json_tokener_continue;
-    for (int i = 0; i < 3 && !obj; i++) {
+    for (int i = 0; i < 3 && jerr == json_tokener_continue; i++) {
         if (i == 1 && blen == 0)
             continue;
         /* A lone top-level number or literal only ends at a delimiter; the
          * trailing " " provides one and cannot complete anything else. */
         obj = json_tokener_parse_ex(tok, chunk[i], (int)chunk_len[i]);
         jerr = json_tokener_get_error(tok);
-        if (jerr != json_tokener_continue && jerr != json_tokener_success)
-            break;
-        if (obj && json_tokener_get_parse_end(tok) != chunk_len[i]) {
-            jerr = json_tokener_error_parse_unexpected;
-            break;
-        }
-        if (!obj)
+        if (jerr == json_tokener_continue) {
             offset += chunk_len[i];
+        } else if (jerr == json_tokener_success && i < 2 &&
+                   json_tokener_get_parse_end(tok) != chunk_len[i]) {
+            /* The terminator is not always consumed; it cannot hide garbage. */
+            jerr = json_tokener_error_parse_unexpected;
+        }
     }
-    if (!obj) {
+    if (jerr != json_tokener_success) {
         if (jerr == json_tokener_error_depth) {
             rc = SR_ERR_DEPTH;
-            sr_detail(detail, detail_len, "JSON nested deeper than %d levels",
-                      SMARTRACE_MAX_DEPTH);
-        } else if (jerr == json_tokener_continue || jerr == json_tokener_success) {
+            sr_detail(detail, detail_len, "JSON nested deeper than %d levels", SMARTRACE_MAX_DEPTH);
+        } else if (jerr == json_tokener_continue) {
             sr_detail(detail, detail_len, "invalid JSON: truncated after %zu bytes", alen + blen);
         } else {
             sr_detail(detail, detail_len, "invalid JSON at byte %zu: %s",
@@ -258,9 +319,11 @@ static enum sr_error sr_tokenize(const char *a, size_t alen, const char *b, size
         }
         goto done;
     }
-    if (!sr_numbers_ok(obj)) {
-        sr_detail(detail, detail_len, "invalid JSON: number not allowed (NaN, Infinity or "
-                                      "malformed)");
+    /* obj is NULL for a top-level JSON null; the caller reports "not an object". */
+    if (obj && !sr_numbers_ok(obj)) {
+        sr_detail(detail, detail_len,
+                  "invalid JSON: number not allowed (NaN, Infinity or "
+                  "malformed)");
         goto done;
     }
     *out = obj;
@@ -268,7 +331,8 @@ static enum sr_error sr_tokenize(const char *a, size_t alen, const char *b, size
     rc = SR_OK;
 done:
     json_object_put(obj);
-    json_tokener_free(tok);
+    if (tok) /* json-c 0.16 crashes on json_tokener_free(NULL) */
+        json_tokener_free(tok);
     return rc;
 }
 
@@ -378,8 +442,8 @@ static enum sr_error sr_set_controller(struct sr_event *ev, struct json_object *
  * data_key is "event_data" in a webhook body and "data" in a stored payload;
  * a stored payload also names its controller in "controller_id".
  */
-static enum sr_error sr_event_from_root(struct json_object *root, bool stored,
-                                        struct sr_event *ev, char *detail, size_t detail_len)
+static enum sr_error sr_event_from_root(struct json_object *root, bool stored, struct sr_event *ev,
+                                        char *detail, size_t detail_len)
 {
     struct json_object *v = NULL;
 
@@ -498,11 +562,13 @@ struct sr_piece {
 
 int smartrace_map(const struct sr_event *ev, const char *base_topic, struct sr_message *msg)
 {
-    const struct sr_type *t = sr_type_find(ev->type);
+    const struct sr_type *t = ev->type ? sr_type_find(ev->type) : NULL;
     char level[TOPIC_LEVEL_MAX + 1];
     int n;
 
     memset(msg, 0, sizeof *msg);
+    if (!ev->root || !ev->type)
+        goto fail;
     if (!t) {
         topic_level(level, ev->type, strlen(ev->type));
         n = snprintf(msg->topic, sizeof msg->topic, "%s/other/%s", base_topic, level);

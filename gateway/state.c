@@ -150,8 +150,8 @@ struct state *state_new(const char *base_topic)
     if (!st)
         return NULL;
     st->base = strdup(base_topic ? base_topic : "");
-    st->topic_cap = strlen(st->base ? st->base : "") + sizeof "/state/controller/" +
-                    TOPIC_LEVEL_MAX + 1;
+    st->topic_cap =
+        strlen(st->base ? st->base : "") + sizeof "/state/controller/" + TOPIC_LEVEL_MAX + 1;
     st->topic = malloc(st->topic_cap);
     if (!st->base || !st->topic) {
         state_free(st);
@@ -558,8 +558,7 @@ void state_apply(struct state *st, const struct sr_event *ev, uint64_t seq)
         struct json_object *v;
         if (json_object_object_get_ex(ev->data, "new", &v) &&
             json_object_is_type(v, json_type_string) && json_object_get_string_len(v) > 0)
-            state_set_str(st, st->status, sizeof st->status, json_object_get_string(v),
-                          D_STATUS);
+            state_set_str(st, st->status, sizeof st->status, json_object_get_string(v), D_STATUS);
         break;
     }
     case SR_KIND_WEATHER_CHANGE:
@@ -911,8 +910,7 @@ static bool state_load_ctrl(struct state *st, struct json_object *o)
                    (size_t)json_object_get_string_len(v));
     if (!state_load_opt(o, "laps", &c->laps) || !state_load_opt(o, "last_lap_ms", &c->last) ||
         !state_load_opt(o, "best_lap_ms", &c->best) || !state_load_opt(o, "fuel", &c->fuel) ||
-        !state_load_opt(o, "penalty", &c->penalty) ||
-        !state_load_opt(o, "updated", &c->updated) ||
+        !state_load_opt(o, "penalty", &c->penalty) || !state_load_opt(o, "updated", &c->updated) ||
         !state_load_opt(o, "lap_time", &c->lap_time))
         return false;
     if (json_object_object_get_ex(o, "lap_seq", &v) && !state_load_u64(v, &c->lap_seq))
@@ -952,8 +950,7 @@ static bool state_load_root(struct state *st, struct json_object *root)
     struct json_object *v;
     if (!json_object_is_type(root, json_type_object))
         return false;
-    if (!json_object_object_get_ex(root, "version", &v) ||
-        !json_object_is_type(v, json_type_int) ||
+    if (!json_object_object_get_ex(root, "version", &v) || !json_object_is_type(v, json_type_int) ||
         json_object_get_int64(v) != STATE_SNAPSHOT_VERSION)
         return false;
     if (!json_object_object_get_ex(root, "seq", &v) || !state_load_u64(v, &st->seq))
@@ -1024,6 +1021,7 @@ int state_load(struct state *st, const char *text, size_t len)
 done:
     free(tmp);
     json_object_put(root);
-    json_tokener_free(tok);
+    if (tok) /* json-c 0.16 crashes on json_tokener_free(NULL) */
+        json_tokener_free(tok);
     return rc;
 }

@@ -25,7 +25,9 @@ struct state;
 struct state *state_new(const char *base_topic);
 void state_free(struct state *st);
 
-/* Applies one event. Unknown types and malformed data change nothing. */
+/* Applies one event. Unknown types and malformed data change nothing (but
+ * still advance the seq). An event with seq <= state_seq() is ignored: it is
+ * already in the state (a journal replay overlapping the snapshot). */
 void state_apply(struct state *st, const struct sr_event *ev, uint64_t seq);
 
 /* seq of the last applied event, 0 when none. */

@@ -177,16 +177,58 @@ dir = %(dir)s/var
             self.assertNoSecrets(f.read(), "the gateway log")
 
     def test_stop_while_broker_down(self):
+        """SIGINT with the broker away: exit 0 in bounded time; the journal keeps
+        the event, which is published after the next start; seqs go on."""
         d = self.tmpdir()
         broker = self.start_broker(d)
         gw = self.start_gateway(d, broker)
+        sub = self.subscribe(broker.port, ["smartrace/event/start"], persistent=True)
+        first = self.assertOk(gw.post({"event_type": "event.start", "event_data": {"n": 1}}))
+        self.assertIsNotNone(sub.wait_message(lambda m: m.json()["seq"] == first))
         broker.stop()
         self.assertTrue(gw.wait_readyz(503, 20))
-        self.assertOk(gw.post({"event_type": "event.start"}))
+        kept = self.assertOk(gw.post({"event_type": "event.start", "event_data": {"n": 2}}))
         t0 = time.monotonic()
         self.assertEqual(gw.signal_stop(signal.SIGINT, timeout=20), 0,
                          "SIGINT with the broker down: exit status not 0")
         self.assertLess(time.monotonic() - t0, 15, "clean stop not bounded in time")
+        broker.start()
+        gw.start()
+        later = self.assertOk(gw.post({"event_type": "event.start", "event_data": {"n": 3}}))
+        self.assertGreater(later, kept, "seq reused after a restart")
+        self.assertGreater(kept, first)
+        m = sub.wait_message(lambda m: m.json()["seq"] == kept, 20)
+        self.assertIsNotNone(m, "event accepted before the stop never published")
+        self.assertEqual(m.json()["data"], {"n": 2})
+        self.assertIsNotNone(sub.wait_message(lambda m: m.json()["seq"] == later, 10))
+        order = []
+        for x in sub.snapshot():
+            if x.json()["seq"] not in order:
+                order.append(x.json()["seq"])
+        self.assertEqual(order, [first, kept, later])
+    def test_bridge_state_mqtt311(self):
+        """online / last will offline after SIGKILL / online / offline after SIGTERM,
+        with the gateway speaking MQTT 3.1.1."""
+        d = self.tmpdir()
+        broker = self.start_broker(d)
+        gw = self.start_gateway(d, broker, protocol="3.1.1")
+        sub = self.subscribe(broker.port, ["race2mqtt/bridge/state"])
+        on = sub.wait_message(lambda m: m.payload == b"online", 10)
+        self.assertIsNotNone(on)
+        self.assertTrue(on.retain)
+        t = time.monotonic()
+        self.assertEqual(gw.kill(), -9)
+        off = sub.wait_message(lambda m: m.payload == b"offline" and m.t > t, 45)
+        self.assertIsNotNone(off, "no last will after SIGKILL")
+        self.assertTrue(off.retain)
+        t = time.monotonic()
+        gw.start()
+        self.assertIsNotNone(sub.wait_message(lambda m: m.payload == b"online" and m.t > t, 10))
+        t = time.monotonic()
+        self.assertEqual(gw.stop(), 0)
+        off = sub.wait_message(lambda m: m.payload == b"offline" and m.t > t, 10)
+        self.assertIsNotNone(off, "no offline after SIGTERM")
+        self.assertTrue(off.retain)
 
 
 if __name__ == "__main__":

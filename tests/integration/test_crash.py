@@ -103,6 +103,40 @@ class CrashTests(harness.IntegrationCase):
         harness.delivery_report(self, sub, answered, TOPIC, "crash", show_dups=False)
         self.assertEqual(gw.stop(), 0)
 
+    def test_kill_9_with_broker_down(self):
+        """Events journalled while the broker is away survive a SIGKILL and are
+        published, in order and before newer ones, once the broker is back."""
+        d = self.tmpdir()
+        broker = self.start_broker(d, persistence=True)
+        gw = self.start_gateway(d, broker)
+        sub = self.subscribe(broker.port, [TOPIC], qos=1, protocol=mqtt.MQTTv311,
+                             client_id=harness.unique("r2m-it-crash2"), persistent=True)
+        answered = {}
+
+        def post_range(lo, hi):
+            for i in range(lo, hi):
+                r = gw.post({"time": i, "event_type": "test.crash", "event_data": {"i": i}})
+                answered[self.assertOk(r)] = i
+
+        post_range(0, 20)
+        broker.stop()
+        self.assertTrue(gw.wait_readyz(503, 20))
+        post_range(20, 120)
+        self.assertEqual(gw.kill(), -9)
+        gw.start(wait=False)
+        gw.wait_healthy()
+        post_range(120, 170)
+        self.assertEqual(gw.kill(), -9)
+        gw.start(wait=False)
+        gw.wait_healthy()
+        post_range(170, 200)
+        broker.start()
+        self.assertTrue(gw.wait_readyz(200, 40))
+        post_range(200, 220)
+        seqs = sorted(answered)
+        self.assertEqual([answered[s] for s in seqs], list(range(220)), "seq order != post order")
+        harness.delivery_report(self, sub, answered, TOPIC, "crash-broker-down", show_dups=False)
+
 
 if __name__ == "__main__":
     harness.main()

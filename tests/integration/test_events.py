@@ -112,13 +112,15 @@ CASES = [
 
 
 class EventTests(harness.IntegrationCase):
+    protocol = None  # the gateway's default (MQTT 5)
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         d = cls.class_tmpdir()
         cls.broker = cls.class_track(harness.Broker(d)).start()
-        cls.gw = cls.class_track(harness.Gateway(d, cls.broker.port)).start()
+        cls.gw = cls.class_track(harness.Gateway(d, cls.broker.port,
+                                                 protocol=cls.protocol)).start()
         cls.sub = cls.class_track(harness.Subscriber(cls.broker.port, ["smartrace/#"], qos=2))
         cls.sub.start()
         cls.seqs = []  # every seq answered, in answer order (posts are sequential)
@@ -370,6 +372,11 @@ class EventTests(harness.IntegrationCase):
         # Nothing of ours is ever retained (state topics aside).
         retained_events = [m for m in self.sub.snapshot() if msg_seq(m) is not None and m.retain]
         self.assertEqual(retained_events, [])
+
+
+class EventTestsMqtt311(EventTests):
+    """The same with the gateway speaking MQTT 3.1.1 (mqtt.protocol = 3.1.1)."""
+    protocol = "3.1.1"
 
 
 if __name__ == "__main__":

@@ -360,5 +360,39 @@ class ReadyzTests(harness.IntegrationCase):
         self.assertIsNotNone(m, "event accepted during the outage not delivered")
 
 
+class JournalFullTests(harness.IntegrationCase):
+
+    def test_503_when_journal_full(self):
+        """Broker down, 1 MiB journal: ~60 KB events fill it, then 503 (JSON, CORS);
+        once the broker is back the journal drains, 200 again, nothing answered
+        200 is lost."""
+        d = self.tmpdir()
+        broker = self.start_broker(d)
+        gw = self.start_gateway(d, broker, extra={
+            "store": {"max_bytes": "1M", "segment_bytes": "64K"}})
+        sub = self.subscribe(broker.port, ["smartrace/other/test.full"], persistent=True)
+        broker.stop()
+        self.assertTrue(gw.wait_readyz(503, 20))
+        answered = {}
+        full = None
+        for i in range(60):
+            r = gw.post({"event_type": "test.full", "event_data": {"i": i, "pad": "p" * 60000}})
+            if r.status == 503:
+                full = r
+                break
+            answered[self.assertOk(r)] = i
+        self.assertIsNotNone(full, "60 x 60 KB accepted into a 1 MiB journal")
+        self.assertJsonError(full, 503)
+        self.assertCors(full)
+        self.assertGreater(len(answered), 5)
+        self.assertEqual(gw.request("GET", "/healthz").status, 200)
+        broker.start()
+        self.assertTrue(gw.wait_readyz(200, 40))
+        ok = harness.wait_until(lambda: gw.post({"event_type": "test.full",
+                                                 "event_data": {"i": -1}}).status == 200, 30, 0.5)
+        self.assertTrue(ok, "still refused after the broker came back")
+        harness.delivery_report(self, sub, answered, "smartrace/other/test.full", "journal-full")
+
+
 if __name__ == "__main__":
     harness.main()

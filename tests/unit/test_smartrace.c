@@ -139,8 +139,8 @@ static enum sr_error parse_err_str(const char *body)
 }
 
 static const char *per_controller_types[] = {
-    "ui.lap_update",       "race.penalty_update", "race.damage_update", "util.fuel_update",
-    "events.tire_change",  "event.pit.enter",     "event.pit.leave",    "ui.remove_car_from_session",
+    "ui.lap_update",      "race.penalty_update", "race.damage_update", "util.fuel_update",
+    "events.tire_change", "event.pit.enter",     "event.pit.leave",    "ui.remove_car_from_session",
 };
 
 static bool is_per_controller(const char *type)
@@ -451,7 +451,8 @@ static void test_base_topic_is_used(void **state)
     (void)state;
     struct sr_event ev;
     struct sr_message msg;
-    const char *body = "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"1\"}}";
+    const char *body =
+        "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"1\"}}";
     assert_int_equal(smartrace_parse(body, strlen(body), &ev, NULL, 0), SR_OK);
     assert_int_equal(smartrace_map(&ev, "site/a/sr", &msg), 0);
     assert_string_equal(msg.topic, "site/a/sr/fuel/1");
@@ -530,8 +531,8 @@ static void test_controller_id_hostile(void **state)
     check_controller("ui.lap_update", "{\"controller_id\":\"../x\"}", true, "../x", ".._x");
     check_controller("event.pit.enter", "\"x/#\"", true, "x/#", "x__");
     check_controller("ui.lap_update", "{\"controller_id\":\"\\\"q\\\\\"}", true, "\"q\\", "_q_");
-    check_controller("ui.lap_update", "{\"controller_id\":\"J\\u00fcrgen\"}", true,
-                     "J\xc3\xbcrgen", "J__rgen");
+    check_controller("ui.lap_update", "{\"controller_id\":\"J\\u00fcrgen\"}", true, "J\xc3\xbcrgen",
+                     "J__rgen");
 
     /* an embedded NUL: the level replaces it, the payload keeps it escaped */
     struct mapped m;
@@ -575,9 +576,8 @@ static void test_laptime(void **state)
         const char *raw;
         int64_t want; /* -1: none */
     } cases[] = {
-        {"13861", 13861}, {"\"13861\"", 13861}, {"13861.7", 13861}, {"\"\"", -1},
-        {"null", -1},     {"\"abc\"", -1},      {"-5", -1},         {"true", -1},
-        {"0", 0},
+        {"13861", 13861}, {"\"13861\"", 13861}, {"13861.7", 13861}, {"\"\"", -1}, {"null", -1},
+        {"\"abc\"", -1},  {"-5", -1},           {"true", -1},       {"0", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[256];
@@ -590,8 +590,7 @@ static void test_laptime(void **state)
         if (cases[i].want < 0) {
             assert_false(has_member(m.payload, "laptime_ms"));
         } else {
-            assert_int_equal(json_object_get_int64(member(m.payload, "laptime_ms")),
-                             cases[i].want);
+            assert_int_equal(json_object_get_int64(member(m.payload, "laptime_ms")), cases[i].want);
         }
         mapped_cleanup(&m);
     }
@@ -650,9 +649,23 @@ static void test_time_errors(void **state)
 {
     (void)state;
     static const char *bad[] = {
-        "true", "\"\"", "\"abc\"", "\"12abc\"", "\" 12\"", "\"0x10\"", "\"1e5\"", "\"inf\"",
-        "\"NaN\"", "{}", "[1]", "1e999", "-1e999", "99999999999999999999", "\"99999999999999999999\"",
-        "\"1.\"", "\"-\"",
+        "true",
+        "\"\"",
+        "\"abc\"",
+        "\"12abc\"",
+        "\" 12\"",
+        "\"0x10\"",
+        "\"1e5\"",
+        "\"inf\"",
+        "\"NaN\"",
+        "{}",
+        "[1]",
+        "1e999",
+        "-1e999",
+        "99999999999999999999",
+        "\"99999999999999999999\"",
+        "\"1.\"",
+        "\"-\"",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char body[128];
@@ -660,8 +673,8 @@ static void test_time_errors(void **state)
         if (parse_err_str(body) != SR_ERR_TIME)
             fail_msg("time %s accepted", bad[i]);
     }
-    static const char *good[] = {"0", "-1", "1718035201234", "\"1718035201234\"", "null",
-                                 "\"-5\"", "1.5", "\"1.5\"", "9223372036854775807"};
+    static const char *good[] = {"0",      "-1",  "1718035201234", "\"1718035201234\"",  "null",
+                                 "\"-5\"", "1.5", "\"1.5\"",       "9223372036854775807"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         char body[128];
         snprintf(body, sizeof body, "{\"event_type\":\"ui.reset\",\"time\":%s}", good[i]);
@@ -696,7 +709,13 @@ static void test_invalid_json(void **state)
         "{\"event_type\":\"ui.reset\",\"event_data\":TRUE}",
         "{\"event_type\":\"ui.reset\",\"event_data\":\"\xff\"}",
         "{\"event_type\":\"ui.reset\",\"event_data\":\"\xc3\"}",
-        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xed\xa0\x80\"}",
+        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xed\xa0\x80\"}",     /* surrogate */
+        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xc0\xaf\"}",         /* overlong */
+        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xe0\x80\xaf\"}",     /* overlong */
+        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xf4\x90\x80\x80\"}", /* > U+10FFFF */
+        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xf8\x88\x80\x80\x80\"}",
+        "{\"event_type\":\"ui.reset\",\"event_data\":\"\xe2\x9c\"}", /* cut short */
+        "{\"event_type\":\"ui.re\xc3set\"}",
         "\xef\xbb\xbf{\"event_type\":\"ui.reset\"}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -708,6 +727,15 @@ static void test_invalid_json(void **state)
     assert_non_null(strstr(detail, "at byte 14"));
     assert_int_equal(parse_err("{\"event_type\":\"a\"", 17, detail, sizeof detail), SR_ERR_JSON);
     assert_non_null(strstr(detail, "truncated"));
+    assert_int_equal(parse_err("{\"event_type\":\"\xc0\x80\"}", 19, detail, sizeof detail),
+                     SR_ERR_JSON);
+    assert_non_null(strstr(detail, "UTF-8"));
+    /* every valid form, 1 to 4 bytes, edges included */
+    assert_int_equal(
+        parse_err_str("{\"event_type\":\"x\",\"event_data\":\"\x7f\xc2\x80\xdf\xbf"
+                      "\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf\xf0\x90\x80\x80"
+                      "\xf4\x8f\xbf\xbf\"}"),
+        SR_OK);
     /* whitespace after the object is fine */
     assert_int_equal(parse_err_str("\r\n {\"event_type\":\"ui.reset\"} \n\t "), SR_OK);
 }
@@ -823,8 +851,14 @@ static void test_wrong_types_in_data(void **state)
 {
     (void)state;
     /* odd data never stops an event: it is carried as sent */
-    static const char *datas[] = {"[]", "[1,2]", "true", "12", "\"\"", "{\"lap\":{}}",
-                                  "{\"controller_id\":[1]}", "{\"laptime_raw\":[]}"};
+    static const char *datas[] = {"[]",
+                                  "[1,2]",
+                                  "true",
+                                  "12",
+                                  "\"\"",
+                                  "{\"lap\":{}}",
+                                  "{\"controller_id\":[1]}",
+                                  "{\"laptime_raw\":[]}"};
     for (size_t i = 0; i < sizeof datas / sizeof datas[0]; i++) {
         char body[256];
         snprintf(body, sizeof body, "{\"event_type\":\"ui.lap_update\",\"event_data\":%s}",
@@ -1012,6 +1046,13 @@ static void test_detail_is_bounded(void **state)
     assert_int_equal(parse_err("{\"event_type\":}", 15, detail, sizeof detail), SR_ERR_JSON);
     assert_true(memchr(detail, '\0', sizeof detail) != NULL);
     assert_int_equal(parse_err("{\"event_type\":}", 15, NULL, 0), SR_ERR_JSON);
+    assert_int_equal(parse_err(NULL, 0, detail, sizeof detail), SR_ERR_JSON);
+    /* a cleaned-up event maps to nothing */
+    struct sr_event ev;
+    struct sr_message msg;
+    memset(&ev, 0, sizeof ev);
+    assert_int_equal(smartrace_map(&ev, BASE, &msg), -1);
+    assert_null(msg.head);
 }
 
 int main(void)

@@ -1,0 +1,1100 @@
+/*
+ * test_state.c - the retained smartrace/state/... topics: what each event does
+ * to them, standings order, official results, reset/remove deletions,
+ * snapshots, dirty vs full emission, bounds and malformed input.
+ *
+ * Events go through smartrace_parse() so that the state sees exactly what the
+ * gateway will give it; emitted payloads are parsed and compared by member.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "race2mqtt/smartrace.h"
+#include "race2mqtt/state.h"
+
+#define BASE "smartrace"
+#define MAX_EMITS 512
+
+struct emitted {
+    char *topic;
+    char *payload; /* NULL: deletion */
+    size_t len;
+};
+
+struct capture {
+    size_t n;
+    struct emitted e[MAX_EMITS];
+};
+
+static void capture_fn(void *ctx, const char *topic, const char *payload, size_t len)
+{
+    struct capture *c = ctx;
+    assert_true(c->n < MAX_EMITS);
+    struct emitted *e = &c->e[c->n++];
+    e->topic = strdup(topic);
+    e->payload = NULL;
+    e->len = len;
+    if (payload) {
+        e->payload = malloc(len + 1);
+        memcpy(e->payload, payload, len);
+        e->payload[len] = '\0';
+        assert_int_equal(strlen(e->payload), len);
+    } else {
+        assert_int_equal(len, 0);
+    }
+}
+
+static void capture_clear(struct capture *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        free(c->e[i].topic);
+        free(c->e[i].payload);
+    }
+    c->n = 0;
+}
+
+static void emit(struct state *st, bool all, struct capture *c)
+{
+    capture_clear(c);
+    state_emit(st, all, capture_fn, c);
+}
+
+/* The last emission for topic (BASE "/state/" suffix), or NULL. */
+static const struct emitted *find(const struct capture *c, const char *suffix)
+{
+    char topic[256];
+    snprintf(topic, sizeof topic, BASE "/state/%s", suffix);
+    const struct emitted *hit = NULL;
+    for (size_t i = 0; i < c->n; i++) {
+        if (strcmp(c->e[i].topic, topic) == 0)
+            hit = &c->e[i];
+    }
+    return hit;
+}
+
+static const char *payload_of(const struct capture *c, const char *suffix)
+{
+    const struct emitted *e = find(c, suffix);
+    if (!e)
+        fail_msg("nothing emitted on %s", suffix);
+    if (!e->payload)
+        fail_msg("%s was deleted", suffix);
+    return e->payload;
+}
+
+/* Parsed JSON of the emission on suffix; caller puts. */
+static struct json_object *json_of(const struct capture *c, const char *suffix)
+{
+    struct json_object *o = json_tokener_parse(payload_of(c, suffix));
+    if (!o)
+        fail_msg("%s: not JSON: %s", suffix, payload_of(c, suffix));
+    return o;
+}
+
+static struct json_object *member(struct json_object *o, const char *key)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v))
+        fail_msg("member %s missing in %s", key, json_object_to_json_string(o));
+    return v;
+}
+
+static int64_t int_member(struct json_object *o, const char *key)
+{
+    struct json_object *v = member(o, key);
+    if (!json_object_is_type(v, json_type_int))
+        fail_msg("%s is not an integer in %s", key, json_object_to_json_string(o));
+    return json_object_get_int64(v);
+}
+
+static const char *str_member(struct json_object *o, const char *key)
+{
+    struct json_object *v = member(o, key);
+    if (!json_object_is_type(v, json_type_string))
+        fail_msg("%s is not a string in %s", key, json_object_to_json_string(o));
+    return json_object_get_string(v);
+}
+
+static void apply(struct state *st, uint64_t seq, const char *body)
+{
+    struct sr_event ev;
+    char detail[128];
+    if (smartrace_parse(body, strlen(body), &ev, detail, sizeof detail) != SR_OK)
+        fail_msg("bad test body (%s): %s", detail, body);
+    state_apply(st, &ev, seq);
+    smartrace_event_cleanup(&ev);
+}
+
+static void applyf(struct state *st, uint64_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void applyf(struct state *st, uint64_t seq, const char *fmt, ...)
+{
+    char body[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0 && (size_t)n < sizeof body);
+    apply(st, seq, body);
+}
+
+static void lap(struct state *st, uint64_t seq, int64_t time, const char *id, int lap_no,
+                int laptime)
+{
+    applyf(st, seq,
+           "{\"time\":%lld,\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":"
+           "\"%s\",\"lap\":%d,\"laptime_raw\":%d,\"driver_data\":{\"name\":\"drv%s\"}}}",
+           (long long)time, id, lap_no, laptime, id);
+}
+
+static int setup(void **state)
+{
+    struct state *st = state_new(BASE);
+    assert_non_null(st);
+    struct capture *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    void **pair = calloc(2, sizeof *pair);
+    pair[0] = st;
+    pair[1] = c;
+    *state = pair;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    void **pair = *state;
+    state_free(pair[0]);
+    capture_clear(pair[1]);
+    free(pair[1]);
+    free(pair);
+    return 0;
+}
+
+#define ST ((struct state *)((void **)*state)[0])
+#define CAP ((struct capture *)((void **)*state)[1])
+
+/* ---- plain topics ---------------------------------------------------------- */
+
+static void test_status(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    emit(st, true, c);
+    assert_null(find(c, "status")); /* nothing known yet */
+
+    apply(st, 1,
+          "{\"event_type\":\"event.change_status\",\"event_data\":{\"old\":\"starting\","
+          "\"new\":\"running\"}}");
+    assert_true(state_dirty(st));
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "status"), "running");
+    assert_int_equal(c->n, 1);
+    assert_false(state_dirty(st));
+
+    apply(st, 2, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"suspended\"}}");
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "status"), "suspended");
+
+    /* the same status again is no change */
+    apply(st, 3, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"suspended\"}}");
+    assert_false(state_dirty(st));
+}
+
+static void test_weather(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply(st, 1, "{\"event_type\":\"events.weather_change\",\"event_data\":\"wet\"}");
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "weather"), "wet");
+    apply(st, 2, "{\"event_type\":\"events.weather_change\",\"event_data\":{\"weather\":\"dry\"}}");
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "weather"), "dry");
+    apply(st, 3, "{\"event_type\":\"events.weather_change\",\"event_data\":{\"new\":\"wet\"}}");
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "weather"), "wet");
+    /* forecasts and nonsense leave it */
+    apply(st, 4, "{\"event_type\":\"events.weather_update\",\"event_data\":\"about_to_dry_up\"}");
+    apply(st, 5, "{\"event_type\":\"events.weather_change\",\"event_data\":\"foggy\"}");
+    apply(st, 6, "{\"event_type\":\"events.weather_change\",\"event_data\":3}");
+    apply(st, 7, "{\"event_type\":\"events.weather_change\"}");
+    assert_false(state_dirty(st));
+    emit(st, true, c);
+    assert_string_equal(payload_of(c, "weather"), "wet");
+}
+
+static void test_vsc(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply(st, 1, "{\"event_type\":\"race.vsc_deployed\"}");
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "vsc"), "deployed");
+    apply(st, 2, "{\"event_type\":\"race.vsc_retracted\",\"event_data\":null}");
+    emit(st, false, c);
+    assert_string_equal(payload_of(c, "vsc"), "retracted");
+    apply(st, 3, "{\"event_type\":\"cu.send_esc_command\"}");
+    assert_false(state_dirty(st));
+}
+
+static void test_event(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply(st, 1,
+          "{\"time\":1000,\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\","
+          "\"laps\":\"50\"}}");
+    emit(st, false, c);
+    struct json_object *e = json_of(c, "event");
+    assert_string_equal(str_member(e, "type"), "race");
+    assert_int_equal(int_member(e, "laps"), 50);
+    assert_int_equal(int_member(e, "start_time"), 1000);
+    assert_false(json_object_object_get_ex(e, "duration", NULL));
+    json_object_put(e);
+
+    apply(st, 2,
+          "{\"time\":\"2000\",\"event_type\":\"event.start\",\"event_data\":{\"type\":"
+          "\"qualifying\",\"duration\":\"600\"}}");
+    emit(st, false, c);
+    e = json_of(c, "event");
+    assert_string_equal(str_member(e, "type"), "qualifying");
+    assert_int_equal(int_member(e, "duration"), 600);
+    assert_int_equal(int_member(e, "start_time"), 2000);
+    assert_false(json_object_object_get_ex(e, "laps", NULL));
+    json_object_put(e);
+
+    apply(st, 3,
+          "{\"time\":9000,\"event_type\":\"event.end\",\"event_data\":{\"type\":"
+          "\"qualifying\"}}");
+    emit(st, false, c);
+    e = json_of(c, "event");
+    assert_int_equal(int_member(e, "end_time"), 9000);
+    assert_int_equal(int_member(e, "duration"), 600);
+    json_object_put(e);
+
+    /* event.start without data still starts an event */
+    apply(st, 4, "{\"time\":10000,\"event_type\":\"event.start\"}");
+    emit(st, false, c);
+    e = json_of(c, "event");
+    assert_int_equal(int_member(e, "start_time"), 10000);
+    assert_false(json_object_object_get_ex(e, "end_time", NULL));
+    json_object_put(e);
+}
+
+static void test_track(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    const char *data = "{\"id\":7,\"name\":\"Demo \\/ Ring\",\"length\":\"\",\"pitstop_delta\":"
+                       "\"25000\",\"track_svg\":null,\"x_new\":[1,{\"a\":2.50}]}";
+    applyf(st, 1, "{\"event_type\":\"util.set_active_track\",\"event_data\":%s}", data);
+    emit(st, false, c);
+    struct json_object *got = json_of(c, "track");
+    struct json_object *want = json_tokener_parse(data);
+    assert_true(json_object_equal(got, want));
+    assert_string_equal(str_member(got, "name"), "Demo / Ring");
+    json_object_put(got);
+    json_object_put(want);
+    /* not an object: ignored */
+    apply(st, 2, "{\"event_type\":\"util.set_active_track\",\"event_data\":\"Monza\"}");
+    assert_false(state_dirty(st));
+}
+
+/* ---- controllers ------------------------------------------------------------- */
+
+static void test_controller_laps(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply(st, 1,
+          "{\"time\":1000,\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"2\","
+          "\"lap\":1,\"laptime_raw\":10500,\"driver_data\":{\"name\":\"Ann\"},\"car_data\":{"
+          "\"name\":\"BMW M1\"},\"controller_data\":{\"color_bg\":\"rgb(1, 2, 3)\","
+          "\"color_text\":\"#fff\"}}}");
+    emit(st, false, c);
+    struct json_object *o = json_of(c, "controller/2");
+    assert_string_equal(str_member(o, "controller_id"), "2");
+    assert_int_equal(int_member(o, "laps"), 1);
+    assert_int_equal(int_member(o, "last_lap_ms"), 10500);
+    assert_int_equal(int_member(o, "best_lap_ms"), 10500);
+    assert_int_equal(int_member(o, "position"), 1);
+    assert_string_equal(str_member(o, "driver"), "Ann");
+    assert_string_equal(str_member(o, "car"), "BMW M1");
+    assert_string_equal(str_member(o, "color_bg"), "rgb(1, 2, 3)");
+    assert_string_equal(str_member(o, "color_text"), "#fff");
+    assert_int_equal(int_member(o, "updated"), 1000);
+    assert_false(json_object_get_boolean(member(o, "in_pit")));
+    assert_null(member(o, "fuel"));
+    assert_null(member(o, "penalty"));
+    assert_null(member(o, "damage"));
+    assert_null(member(o, "tire"));
+    json_object_put(o);
+
+    /* numbers as strings; best is the minimum, last the latest */
+    apply(st, 2,
+          "{\"time\":\"2000\",\"event_type\":\"ui.lap_update\",\"event_data\":{"
+          "\"controller_id\":\"2\",\"lap\":\"2\",\"laptime_raw\":\"9800\"}}");
+    apply(st, 3,
+          "{\"time\":3000,\"event_type\":\"ui.lap_update\",\"event_data\":{"
+          "\"controller_id\":\"2\",\"lap\":3,\"laptime_raw\":11000}}");
+    emit(st, false, c);
+    o = json_of(c, "controller/2");
+    assert_int_equal(int_member(o, "laps"), 3);
+    assert_int_equal(int_member(o, "last_lap_ms"), 11000);
+    assert_int_equal(int_member(o, "best_lap_ms"), 9800);
+    assert_int_equal(int_member(o, "updated"), 3000);
+    assert_string_equal(str_member(o, "driver"), "Ann"); /* kept when not re-sent */
+    json_object_put(o);
+
+    /* an integer controller id is the same controller */
+    apply(st, 4,
+          "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":2,"
+          "\"lap\":4,\"laptime_raw\":9700}}");
+    emit(st, false, c);
+    o = json_of(c, "controller/2");
+    assert_int_equal(int_member(o, "laps"), 4);
+    assert_int_equal(int_member(o, "best_lap_ms"), 9700);
+    assert_int_equal(int_member(o, "updated"), 3000); /* no time: unchanged */
+    json_object_put(o);
+}
+
+static void test_controller_other_events(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply(st, 1,
+          "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"3\","
+          "\"fuel\":\"50\"}}");
+    apply(st, 2,
+          "{\"event_type\":\"race.penalty_update\",\"event_data\":{\"controller_id\":\"3\","
+          "\"penalty\":10,\"car_data\":{\"name\":\"Porsche\"}}}");
+    apply(st, 3,
+          "{\"event_type\":\"race.damage_update\",\"event_data\":{\"controller_id\":\"3\","
+          "\"damage\":\"engine\"}}");
+    apply(st, 4,
+          "{\"event_type\":\"events.tire_change\",\"event_data\":{\"controller_id\":\"3\","
+          "\"tire\":\"wet\"}}");
+    apply(st, 5, "{\"event_type\":\"event.pit.enter\",\"event_data\":\"3\"}");
+    emit(st, false, c);
+    struct json_object *o = json_of(c, "controller/3");
+    assert_int_equal(int_member(o, "fuel"), 50);
+    assert_int_equal(int_member(o, "penalty"), 10);
+    assert_string_equal(str_member(o, "damage"), "engine");
+    assert_string_equal(str_member(o, "tire"), "wet");
+    assert_string_equal(str_member(o, "car"), "Porsche");
+    assert_true(json_object_get_boolean(member(o, "in_pit")));
+    assert_int_equal(int_member(o, "laps"), 0);
+    assert_null(member(o, "position")); /* no lap yet: not in the standings */
+    json_object_put(o);
+    /* not in computed standings without a lap, so they did not change */
+    assert_null(find(c, "standings"));
+    emit(st, true, c);
+    o = json_of(c, "standings");
+    assert_int_equal(json_object_array_length(o), 0);
+    json_object_put(o);
+
+    apply(st, 6, "{\"event_type\":\"event.pit.leave\",\"event_data\":3}");
+    apply(st, 7,
+          "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":3,"
+          "\"fuel\":-1}}");
+    apply(st, 8,
+          "{\"event_type\":\"race.damage_update\",\"event_data\":{\"controller_id\":\"3\","
+          "\"damage\":\"none\"}}");
+    apply(st, 9,
+          "{\"event_type\":\"race.penalty_update\",\"event_data\":{\"controller_id\":\"3\","
+          "\"penalty\":\"0\"}}");
+    emit(st, false, c);
+    o = json_of(c, "controller/3");
+    assert_false(json_object_get_boolean(member(o, "in_pit")));
+    assert_int_equal(int_member(o, "fuel"), -1);
+    assert_string_equal(str_member(o, "damage"), "none");
+    assert_int_equal(int_member(o, "penalty"), 0);
+    json_object_put(o);
+}
+
+static void test_controller_topic_is_sanitised(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply(st, 1,
+          "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"a/+#\","
+          "\"fuel\":1}}");
+    emit(st, false, c);
+    struct json_object *o = json_of(c, "controller/a___");
+    assert_string_equal(str_member(o, "controller_id"), "a/+#");
+    json_object_put(o);
+    for (size_t i = 0; i < c->n; i++)
+        assert_null(strpbrk(c->e[i].topic, "+#"));
+}
+
+/* ---- standings ----------------------------------------------------------------- */
+
+static void check_order(struct capture *c, const char *const *ids, size_t n)
+{
+    struct json_object *arr = json_of(c, "standings");
+    assert_true(json_object_is_type(arr, json_type_array));
+    if (json_object_array_length(arr) != n)
+        fail_msg("standings: %s", json_object_to_json_string(arr));
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *e = json_object_array_get_idx(arr, i);
+        if (strcmp(str_member(e, "controller_id"), ids[i]) != 0)
+            fail_msg("position %zu: %s", i + 1, json_object_to_json_string(arr));
+        assert_int_equal(int_member(e, "position"), (int64_t)i + 1);
+    }
+    json_object_put(arr);
+}
+
+static void test_standings_order(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    /* lap 1: B crosses first (earlier time) although A's event came first */
+    lap(st, 1, 1100, "A", 1, 11000);
+    lap(st, 2, 1000, "B", 1, 10000);
+    lap(st, 3, 1200, "C", 1, 12000);
+    emit(st, false, c);
+    check_order(c, (const char *const[]){"B", "A", "C"}, 3);
+    struct json_object *arr = json_of(c, "standings");
+    struct json_object *first = json_object_array_get_idx(arr, 0);
+    assert_int_equal(int_member(first, "laps"), 1);
+    assert_int_equal(int_member(first, "best_lap_ms"), 10000);
+    assert_int_equal(int_member(first, "last_lap_ms"), 10000);
+    assert_string_equal(str_member(first, "driver"), "drvB");
+    json_object_put(arr);
+
+    /* C does two more laps: more laps wins whatever the time */
+    lap(st, 4, 2000, "C", 2, 9000);
+    lap(st, 5, 3000, "C", 3, 9000);
+    lap(st, 6, 2100, "A", 2, 9000);
+    emit(st, false, c);
+    check_order(c, (const char *const[]){"C", "A", "B"}, 3);
+    /* positions reach the controller topics, and only changed ones are sent */
+    struct json_object *o = json_of(c, "controller/B");
+    assert_int_equal(int_member(o, "position"), 3);
+    json_object_put(o);
+
+    /* B reaches lap 2 at the same time as A: the earlier seq (A) stays ahead */
+    lap(st, 7, 2100, "B", 2, 9000);
+    emit(st, false, c);
+    check_order(c, (const char *const[]){"C", "A", "B"}, 3);
+    assert_null(find(c, "controller/C")); /* position unchanged: not re-sent */
+
+    /* a repeated lap count (the same lap sent twice) keeps when it was reached */
+    lap(st, 8, 9000, "A", 2, 9000);
+    emit(st, false, c);
+    check_order(c, (const char *const[]){"C", "A", "B"}, 3);
+}
+
+static void test_official_result(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    lap(st, 1, 1000, "1", 1, 5000);
+    lap(st, 2, 1100, "3", 1, 5000);
+    lap(st, 3, 1200, "3", 2, 5000);
+    emit(st, false, c);
+    check_order(c, (const char *const[]){"3", "1"}, 2);
+
+    apply(st, 4,
+          "{\"time\":5000,\"event_type\":\"event.end\",\"event_data\":{\"type\":\"race\","
+          "\"result\":{"
+          "\"2\":{\"controller_id\":3,\"laps\":2,\"best_laptime\":4900,\"gap\":\"+1\"},"
+          "\"10\":{\"controller_id\":\"9\",\"laps\":0},"
+          "\"1\":{\"controller_id\":1,\"laps\":\"3\",\"best_laptime\":4915,\"gap\":\"\","
+          "\"x\":{\"y\":[1]}},"
+          "\"bogus\":{\"controller_id\":7},\"3\":\"not an object\"}}}");
+    emit(st, false, c);
+    struct json_object *arr = json_of(c, "standings");
+    assert_int_equal(json_object_array_length(arr), 3);
+    struct json_object *e0 = json_object_array_get_idx(arr, 0);
+    assert_int_equal(int_member(e0, "position"), 1);
+    assert_int_equal(int_member(e0, "controller_id"), 1);
+    assert_string_equal(str_member(e0, "laps"), "3"); /* fields kept as sent */
+    assert_int_equal(int_member(e0, "best_laptime"), 4915);
+    struct json_object *want = json_tokener_parse("{\"y\":[1]}");
+    assert_true(json_object_equal(member(e0, "x"), want));
+    json_object_put(want);
+    struct json_object *e1 = json_object_array_get_idx(arr, 1);
+    assert_int_equal(int_member(e1, "position"), 2);
+    assert_int_equal(int_member(e1, "controller_id"), 3);
+    assert_string_equal(str_member(e1, "gap"), "+1");
+    assert_int_equal(int_member(json_object_array_get_idx(arr, 2), "position"), 10);
+    json_object_put(arr);
+    /* positions follow the official result */
+    struct json_object *o = json_of(c, "controller/1");
+    assert_int_equal(int_member(o, "position"), 1);
+    json_object_put(o);
+    o = json_of(c, "controller/3");
+    assert_int_equal(int_member(o, "position"), 2);
+    json_object_put(o);
+
+    /* a car crossing the line after the end does not rewrite the result */
+    lap(st, 5, 6000, "3", 3, 5000);
+    emit(st, false, c);
+    assert_null(find(c, "standings"));
+    emit(st, true, c);
+    arr = json_of(c, "standings");
+    assert_int_equal(int_member(json_object_array_get_idx(arr, 0), "controller_id"), 1);
+    json_object_put(arr);
+
+    /* the next event.start goes back to computed standings, laps cleared */
+    apply(st, 6,
+          "{\"time\":7000,\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\"}}");
+    emit(st, false, c);
+    check_order(c, NULL, 0);
+    o = json_of(c, "controller/3");
+    assert_int_equal(int_member(o, "laps"), 0);
+    assert_null(member(o, "best_lap_ms"));
+    assert_null(member(o, "position"));
+    assert_string_equal(str_member(o, "driver"), "drv3"); /* identity kept */
+    json_object_put(o);
+}
+
+/* ---- reset / remove -------------------------------------------------------------- */
+
+static void test_reset(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    lap(st, 1, 1000, "1", 1, 5000);
+    lap(st, 2, 1000, "2", 1, 5000);
+    apply(st, 3, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"running\"}}");
+    emit(st, false, c);
+
+    apply(st, 4, "{\"event_type\":\"ui.reset\"}");
+    assert_true(state_dirty(st));
+    emit(st, false, c);
+    const struct emitted *d1 = find(c, "controller/1"), *d2 = find(c, "controller/2");
+    assert_non_null(d1);
+    assert_non_null(d2);
+    assert_null(d1->payload);
+    assert_null(d2->payload);
+    assert_string_equal(payload_of(c, "standings"), "[]");
+    assert_null(find(c, "status")); /* unchanged, not re-sent */
+
+    /* deletions are sent once; afterwards the controllers are simply gone */
+    emit(st, true, c);
+    assert_null(find(c, "controller/1"));
+    assert_string_equal(payload_of(c, "status"), "running");
+    assert_string_equal(payload_of(c, "standings"), "[]");
+
+    /* a controller that comes back is not deleted again */
+    lap(st, 5, 2000, "1", 1, 5000);
+    apply(st, 6, "{\"event_type\":\"ui.reset\"}");
+    lap(st, 7, 3000, "1", 1, 5000);
+    emit(st, false, c);
+    const struct emitted *e = find(c, "controller/1");
+    assert_non_null(e);
+    assert_non_null(e->payload);
+}
+
+static void test_reset_pending_deletions_in_full_emit(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    lap(st, 1, 1000, "7", 1, 5000);
+    emit(st, false, c);
+    apply(st, 2, "{\"event_type\":\"ui.reset\"}");
+    /* a reconnect before the changes were emitted: deletions go out too */
+    emit(st, true, c);
+    const struct emitted *d = find(c, "controller/7");
+    assert_non_null(d);
+    assert_null(d->payload);
+    assert_false(state_dirty(st));
+}
+
+static void test_remove(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    lap(st, 1, 1000, "1", 2, 5000);
+    lap(st, 2, 1000, "2", 1, 5000);
+    emit(st, false, c);
+    apply(st, 3, "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":\"1\"}");
+    emit(st, false, c);
+    const struct emitted *d = find(c, "controller/1");
+    assert_non_null(d);
+    assert_null(d->payload);
+    check_order(c, (const char *const[]){"2"}, 1);
+    struct json_object *o = json_of(c, "controller/2");
+    assert_int_equal(int_member(o, "position"), 1);
+    json_object_put(o);
+
+    /* removing someone unknown, or without an id, changes nothing */
+    apply(st, 4, "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":\"9\"}");
+    apply(st, 5, "{\"event_type\":\"ui.remove_car_from_session\"}");
+    assert_false(state_dirty(st));
+}
+
+/* ---- emission ------------------------------------------------------------------- */
+
+static void test_emit_dirty_vs_all(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    assert_false(state_dirty(st));
+    emit(st, false, c);
+    assert_int_equal(c->n, 0);
+    /* a fresh state still republishes empty standings after a reconnect */
+    emit(st, true, c);
+    assert_int_equal(c->n, 1);
+    assert_string_equal(payload_of(c, "standings"), "[]");
+
+    apply(st, 1, "{\"event_type\":\"race.vsc_deployed\"}");
+    apply(st, 2, "{\"event_type\":\"events.weather_change\",\"event_data\":\"dry\"}");
+    lap(st, 3, 1000, "1", 1, 5000);
+    lap(st, 4, 1000, "2", 1, 5000);
+    apply(st, 5, "{\"event_type\":\"util.set_active_track\",\"event_data\":{\"id\":1}}");
+    emit(st, false, c);
+    size_t first = c->n;
+    assert_int_equal(first, 6); /* vsc weather track controller/1 controller/2 standings */
+
+    lap(st, 6, 2000, "2", 2, 5000);
+    emit(st, false, c);
+    /* controller/2 and standings, and controller/1 whose position changed */
+    assert_int_equal(c->n, 3);
+    assert_null(find(c, "vsc"));
+    assert_non_null(find(c, "controller/1"));
+
+    emit(st, false, c);
+    assert_int_equal(c->n, 0);
+
+    emit(st, true, c);
+    assert_int_equal(c->n, 6);
+    assert_string_equal(payload_of(c, "vsc"), "deployed");
+    assert_string_equal(payload_of(c, "weather"), "dry");
+    assert_non_null(find(c, "track"));
+    assert_non_null(find(c, "controller/1"));
+    assert_non_null(find(c, "controller/2"));
+    assert_non_null(find(c, "standings"));
+    assert_false(state_dirty(st));
+}
+
+static void test_seq(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    assert_int_equal(state_seq(st), 0);
+    apply(st, 5, "{\"event_type\":\"race.vsc_deployed\"}");
+    assert_int_equal(state_seq(st), 5);
+    /* unknown types advance seq but change nothing */
+    emit(st, false, c);
+    apply(st, 6, "{\"event_type\":\"brand.new\",\"event_data\":{\"new\":\"x\"}}");
+    assert_int_equal(state_seq(st), 6);
+    assert_false(state_dirty(st));
+    /* an event at or below the current seq was applied already */
+    apply(st, 6, "{\"event_type\":\"race.vsc_retracted\"}");
+    apply(st, 3, "{\"event_type\":\"race.vsc_retracted\"}");
+    assert_false(state_dirty(st));
+    assert_int_equal(state_seq(st), 6);
+}
+
+/* ---- bounds and garbage --------------------------------------------------------------- */
+
+static void test_controller_cap(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    uint64_t seq = 1;
+    for (int i = 0; i < STATE_MAX_CONTROLLERS + 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c%d", i);
+        lap(st, seq++, 1000 + i, id, 1, 5000);
+    }
+    emit(st, true, c);
+    size_t ctrl_topics = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        if (strstr(c->e[i].topic, "/state/controller/"))
+            ctrl_topics++;
+    }
+    assert_int_equal(ctrl_topics, STATE_MAX_CONTROLLERS);
+    assert_non_null(find(c, "controller/c0"));
+    assert_null(find(c, "controller/c64"));
+    struct json_object *arr = json_of(c, "standings");
+    assert_int_equal(json_object_array_length(arr), STATE_MAX_CONTROLLERS);
+    json_object_put(arr);
+
+    /* after a removal there is room again */
+    apply(st, seq++, "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":\"c3\"}");
+    lap(st, seq++, 5000, "c99", 1, 5000);
+    emit(st, false, c);
+    assert_non_null(find(c, "controller/c99"));
+}
+
+static void test_malformed_ignored(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    lap(st, 1, 1000, "1", 1, 5000);
+    apply(st, 2, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"running\"}}");
+    apply(st, 3, "{\"event_type\":\"util.set_active_track\",\"event_data\":{\"id\":1}}");
+    apply(st, 4, "{\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\"}}");
+    emit(st, false, c);
+    char *before = state_save(st);
+    assert_non_null(before);
+
+    static const char *garbage[] = {
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"1\"}}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"1\",\"lap\":\"x\"}}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"1\",\"lap\":-1}}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"1\",\"lap\":[]}}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"lap\":3}}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"new\"}}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":\"1\"}",
+        "{\"event_type\":\"ui.lap_update\",\"event_data\":[1,2]}",
+        "{\"event_type\":\"ui.lap_update\"}",
+        "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"1\",\"fuel\":"
+        "\"a\"}}",
+        "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"1\"}}",
+        "{\"event_type\":\"race.penalty_update\",\"event_data\":{\"controller_id\":\"1\","
+        "\"penalty\":{}}}",
+        "{\"event_type\":\"race.damage_update\",\"event_data\":{\"controller_id\":\"1\","
+        "\"damage\":\"\"}}",
+        "{\"event_type\":\"race.damage_update\",\"event_data\":{\"controller_id\":\"1\","
+        "\"damage\":5}}",
+        "{\"event_type\":\"events.tire_change\",\"event_data\":{\"controller_id\":\"1\"}}",
+        "{\"event_type\":\"event.pit.enter\",\"event_data\":{\"controller_id\":true}}",
+        "{\"event_type\":\"event.pit.enter\"}",
+        "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":5}}",
+        "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"\"}}",
+        "{\"event_type\":\"event.change_status\",\"event_data\":\"running\"}",
+        "{\"event_type\":\"event.change_status\"}",
+        "{\"event_type\":\"event.start\",\"event_data\":\"race\"}",
+        "{\"event_type\":\"event.start\",\"event_data\":[]}",
+        "{\"event_type\":\"event.end\",\"event_data\":7}",
+        "{\"event_type\":\"util.set_active_track\",\"event_data\":[{\"id\":2}]}",
+        "{\"event_type\":\"util.set_active_track\"}",
+        "{\"event_type\":\"events.weather_change\",\"event_data\":{\"new\":1}}",
+        "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":{\"controller_id\":[]}}",
+        "{\"event_type\":\"some.future_event\",\"event_data\":{\"controller_id\":\"1\"}}",
+    };
+    uint64_t seq = 10;
+    for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
+        apply(st, seq++, garbage[i]);
+        if (state_dirty(st))
+            fail_msg("changed state: %s", garbage[i]);
+    }
+    char *after = state_save(st);
+    /* identical but for seq */
+    struct json_object *b = json_tokener_parse(before), *a = json_tokener_parse(after);
+    json_object_object_del(b, "seq");
+    json_object_object_del(a, "seq");
+    assert_true(json_object_equal(a, b));
+    json_object_put(a);
+    json_object_put(b);
+    free(before);
+    free(after);
+}
+
+static void test_strings_capped(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    size_t n = 5000;
+    char *name = malloc(n * 3 + 1);
+    assert_non_null(name);
+    for (size_t i = 0; i < n; i++)
+        memcpy(name + i * 3, "\xe2\x9c\x93", 3); /* a 3-byte character */
+    name[n * 3] = '\0';
+    char *body = malloc(n * 3 + 256);
+    assert_non_null(body);
+    sprintf(body,
+            "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"1\","
+            "\"fuel\":5,\"driver_data\":{\"name\":\"%s\"}}}",
+            name);
+    apply(st, 1, body);
+    sprintf(body, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"%s\"}}", name);
+    apply(st, 2, body);
+    emit(st, false, c);
+    struct json_object *o = json_of(c, "controller/1");
+    const char *driver = str_member(o, "driver");
+    assert_true(strlen(driver) <= 128 && strlen(driver) >= 120);
+    assert_int_equal(strlen(driver) % 3, 0); /* cut between characters */
+    assert_memory_equal(driver, name, strlen(driver));
+    json_object_put(o);
+    const char *status = payload_of(c, "status");
+    assert_true(strlen(status) <= 128);
+    assert_int_equal(strlen(status) % 3, 0);
+    free(body);
+    free(name);
+}
+
+/* ---- snapshots ------------------------------------------------------------------- */
+
+static void build_race(struct state *st)
+{
+    apply(st, 1,
+          "{\"event_type\":\"util.set_active_track\",\"event_data\":{\"id\":3,\"name\":"
+          "\"Oval\",\"length\":\"14.2\"}}");
+    apply(st, 2,
+          "{\"time\":100,\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\","
+          "\"laps\":\"20\"}}");
+    apply(st, 3, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"running\"}}");
+    apply(st, 4, "{\"event_type\":\"events.weather_change\",\"event_data\":\"wet\"}");
+    apply(st, 5, "{\"event_type\":\"race.vsc_deployed\"}");
+    lap(st, 6, 1000, "1", 1, 9000);
+    lap(st, 7, 1100, "2", 1, 8000);
+    lap(st, 8, 2000, "2", 2, 8500);
+    apply(st, 9,
+          "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"1\","
+          "\"fuel\":33,\"controller_data\":{\"color_bg\":\"red\",\"color_text\":\"w\"}}}");
+    apply(st, 10, "{\"event_type\":\"event.pit.enter\",\"event_data\":\"1\"}");
+    apply(st, 11,
+          "{\"event_type\":\"events.tire_change\",\"event_data\":{\"controller_id\":\"2\","
+          "\"tire\":\"wet\"}}");
+    lap(st, 12, 3000, "3", 1, 9900);
+    apply(st, 13, "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":\"3\"}");
+}
+
+/* Every emission of src and dst (emit all) is the same. */
+static void assert_same_emission(struct state *a, struct state *b)
+{
+    struct capture *ca = calloc(1, sizeof *ca), *cb = calloc(1, sizeof *cb);
+    emit(a, true, ca);
+    emit(b, true, cb);
+    assert_int_equal(ca->n, cb->n);
+    for (size_t i = 0; i < ca->n; i++) {
+        assert_string_equal(ca->e[i].topic, cb->e[i].topic);
+        if (ca->e[i].payload)
+            assert_string_equal(ca->e[i].payload, cb->e[i].payload);
+        else
+            assert_null(cb->e[i].payload);
+    }
+    capture_clear(ca);
+    capture_clear(cb);
+    free(ca);
+    free(cb);
+}
+
+static void test_snapshot_round_trip(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    build_race(st);
+    char *snap = state_save(st);
+    assert_non_null(snap);
+
+    struct state *copy = state_new(BASE);
+    lap(copy, 1, 1, "zz", 1, 1); /* to be replaced */
+    assert_int_equal(state_load(copy, snap, strlen(snap)), 0);
+    assert_int_equal(state_seq(copy), 13);
+    assert_true(state_dirty(copy));
+
+    /* load marks everything: the first dirty emit is a full one, with the
+     * pending deletion of controller 3 */
+    emit(copy, false, c);
+    const struct emitted *d = find(c, "controller/3");
+    assert_non_null(d);
+    assert_null(d->payload);
+    assert_null(find(c, "controller/zz"));
+    struct json_object *o = json_of(c, "controller/1");
+    assert_int_equal(int_member(o, "fuel"), 33);
+    assert_true(json_object_get_boolean(member(o, "in_pit")));
+    assert_string_equal(str_member(o, "color_bg"), "red");
+    assert_int_equal(int_member(o, "position"), 2);
+    json_object_put(o);
+    assert_string_equal(payload_of(c, "status"), "running");
+    assert_string_equal(payload_of(c, "weather"), "wet");
+    assert_string_equal(payload_of(c, "vsc"), "deployed");
+    o = json_of(c, "event");
+    assert_int_equal(int_member(o, "laps"), 20);
+    json_object_put(o);
+    o = json_of(c, "track");
+    assert_string_equal(str_member(o, "length"), "14.2");
+    json_object_put(o);
+    check_order(c, (const char *const[]){"2", "1"}, 2);
+
+    /* both continue identically: standings tie-breaks survived the snapshot */
+    lap(st, 14, 2000, "1", 2, 8000);
+    lap(copy, 14, 2000, "1", 2, 8000);
+    emit(st, false, c); /* flush st's own marks */
+    assert_same_emission(st, copy);
+
+    char *snap2 = state_save(copy);
+    char *snap1 = state_save(st);
+    assert_string_equal(snap1, snap2);
+    free(snap1);
+    free(snap2);
+    free(snap);
+    state_free(copy);
+}
+
+static void test_snapshot_official_round_trip(void **state)
+{
+    struct state *st = ST;
+    lap(st, 1, 1000, "1", 1, 9000);
+    apply(st, 2,
+          "{\"event_type\":\"event.end\",\"event_data\":{\"result\":{\"1\":{"
+          "\"controller_id\":1,\"laps\":1}}}}");
+    char *snap = state_save(st);
+    struct state *copy = state_new(BASE);
+    assert_int_equal(state_load(copy, snap, strlen(snap)), 0);
+    assert_same_emission(st, copy);
+    /* still official: a later lap does not change the standings */
+    lap(copy, 3, 5000, "1", 2, 9000);
+    struct capture *c = CAP;
+    emit(copy, false, c);
+    assert_null(find(c, "standings"));
+    free(snap);
+    state_free(copy);
+}
+
+static void test_snapshot_invalid(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    build_race(st);
+    emit(st, false, c);
+    char *before = state_save(st);
+    static const char *bad[] = {
+        "",
+        "not json",
+        "[]",
+        "{}",
+        "{\"version\":2,\"seq\":1}",
+        "{\"version\":1}",
+        "{\"version\":1,\"seq\":-1}",
+        "{\"version\":1,\"seq\":\"1\"}",
+        "{\"version\":1,\"seq\":1,\"status\":5}",
+        "{\"version\":1,\"seq\":1,\"event\":[]}",
+        "{\"version\":1,\"seq\":1,\"official\":{}}",
+        "{\"version\":1,\"seq\":1,\"controllers\":{}}",
+        "{\"version\":1,\"seq\":1,\"controllers\":[{\"level\":\"a/b\",\"controller_id\":\"a\"}]}",
+        "{\"version\":1,\"seq\":1,\"controllers\":[{\"level\":\"\",\"controller_id\":\"a\"}]}",
+        "{\"version\":1,\"seq\":1,\"controllers\":[{\"level\":\"a\"}]}",
+        "{\"version\":1,\"seq\":1,\"controllers\":[{\"level\":\"a\",\"controller_id\":\"a\","
+        "\"laps\":\"3\"}]}",
+        "{\"version\":1,\"seq\":1,\"controllers\":[{\"level\":\"a\",\"controller_id\":\"a\"},"
+        "{\"level\":\"a\",\"controller_id\":\"a\"}]}",
+        "{\"version\":1,\"seq\":1,\"controllers\":[{\"level\":\"a\",\"controller_id\":\"a\","
+        "\"in_pit\":1}]}",
+        "{\"version\":1,\"seq\":1,\"deleted\":[\"#\"]}",
+        "{\"version\":1,\"seq\":1,\"deleted\":\"a\"}",
+        "{\"version\":1,\"seq\":1} trailing",
+        "{\"version\":1,\"seq\":1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (state_load(st, bad[i], strlen(bad[i])) != -1)
+            fail_msg("loaded: %s", bad[i]);
+        assert_false(state_dirty(st));
+    }
+    const char nul[] = "{\"version\":1,\"seq\":1}\0x";
+    assert_int_equal(state_load(st, nul, sizeof nul - 1), -1);
+    /* too many controllers */
+    size_t cap = 64 * 1024;
+    char *many = malloc(cap);
+    char *p = many + sprintf(many, "{\"version\":1,\"seq\":1,\"controllers\":[");
+    for (int i = 0; i <= STATE_MAX_CONTROLLERS; i++)
+        p += sprintf(p, "%s{\"level\":\"c%d\",\"controller_id\":\"c%d\"}", i ? "," : "", i, i);
+    strcpy(p, "]}");
+    assert_int_equal(state_load(st, many, strlen(many)), -1);
+    free(many);
+
+    char *after = state_save(st);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+
+    /* a minimal valid one replaces everything */
+    const char *empty = "{\"version\":1,\"seq\":99}";
+    assert_int_equal(state_load(st, empty, strlen(empty)), 0);
+    assert_int_equal(state_seq(st), 99);
+    emit(st, true, c);
+    assert_int_equal(c->n, 1);
+    assert_string_equal(payload_of(c, "standings"), "[]");
+}
+
+/* ---- journal replay ------------------------------------------------------------------ */
+
+static void test_replay_from_payloads(void **state)
+{
+    /* applying stored payloads gives the same state as applying the bodies */
+    struct state *direct = ST;
+    struct state *replayed = state_new(BASE);
+    static const char *bodies[] = {
+        "{\"time\":1,\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\",\"laps\":"
+        "\"5\"}}",
+        "{\"time\":2,\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":4,\"lap\":"
+        "1,\"laptime_raw\":\"7000\",\"driver_data\":{\"name\":\"Z\"}}}",
+        "{\"time\":3,\"event_type\":\"event.pit.enter\",\"event_data\":4}",
+        "{\"time\":4,\"event_type\":\"events.weather_change\",\"event_data\":\"wet\"}",
+        "{\"time\":5,\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":\"x/y\","
+        "\"lap\":1,\"laptime_raw\":6000}}",
+        "{\"time\":6,\"event_type\":\"event.end\",\"event_data\":{\"result\":{\"1\":{"
+        "\"controller_id\":4}}}}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        struct sr_event ev, back;
+        struct sr_message msg;
+        assert_int_equal(smartrace_parse(bodies[i], strlen(bodies[i]), &ev, NULL, 0), SR_OK);
+        assert_int_equal(smartrace_map(&ev, BASE, &msg), 0);
+        state_apply(direct, &ev, i + 1);
+        assert_int_equal(smartrace_event_from_payload(msg.head, msg.head_len, &back), SR_OK);
+        state_apply(replayed, &back, i + 1);
+        smartrace_event_cleanup(&back);
+        smartrace_message_cleanup(&msg);
+        smartrace_event_cleanup(&ev);
+    }
+    char *a = state_save(direct), *b = state_save(replayed);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+    assert_same_emission(direct, replayed);
+    state_free(replayed);
+}
+
+static void test_null_safety(void **state)
+{
+    (void)state;
+    state_free(NULL);
+    struct state *st = state_new(BASE);
+    state_apply(st, NULL, 1);
+    struct sr_event ev;
+    memset(&ev, 0, sizeof ev);
+    state_apply(st, &ev, 1); /* a cleaned-up event */
+    assert_false(state_dirty(st));
+    assert_int_equal(state_load(st, NULL, 0), -1);
+    state_free(st);
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_status),
+        T(test_weather),
+        T(test_vsc),
+        T(test_event),
+        T(test_track),
+        T(test_controller_laps),
+        T(test_controller_other_events),
+        T(test_controller_topic_is_sanitised),
+        T(test_standings_order),
+        T(test_official_result),
+        T(test_reset),
+        T(test_reset_pending_deletions_in_full_emit),
+        T(test_remove),
+        T(test_emit_dirty_vs_all),
+        T(test_seq),
+        T(test_controller_cap),
+        T(test_malformed_ignored),
+        T(test_strings_capped),
+        T(test_snapshot_round_trip),
+        T(test_snapshot_official_round_trip),
+        T(test_snapshot_invalid),
+        T(test_replay_from_payloads),
+        cmocka_unit_test(test_null_safety),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
