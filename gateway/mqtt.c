@@ -263,6 +263,10 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
     create_opts.MQTTVersion = v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     /* Nothing is published while disconnected: the journal holds it instead. */
     create_opts.sendWhileDisconnected = 0;
+    /* paho counts every queued, not yet sent command against this limit even
+     * while connected (default 100) and refuses the rest. The publisher's
+     * window bounds what we queue; leave room for a burst of retained state. */
+    create_opts.maxBufferedMessages = cfg->mqtt.max_inflight + 1024;
     int rc = MQTTAsync_createWithOptions(&m->client, m->uri, cfg->mqtt.client_id,
                                          MQTTCLIENT_PERSISTENCE_NONE, NULL, &create_opts);
     if (rc != MQTTASYNC_SUCCESS) {

@@ -36,6 +36,10 @@
 #define TICK_MS 100
 #define ACK_PERSIST_MS 100
 #define SNAPSHOT_MS 1000
+/* Retained state goes out at most this often: a device joining mid-race needs
+ * the race as it is, not every intermediate standings table, and at thousands
+ * of laps per second one state round per event would triple the traffic. */
+#define STATE_MIN_INTERVAL_US 20000
 
 struct slot {
     uint64_t seq;
@@ -77,7 +81,8 @@ struct publisher {
     size_t bufcap, sealedcap;
     bool connected;
     uint64_t persisted_acked;
-    uint64_t last_persist_us, last_snapshot_us;
+    uint64_t last_persist_us, last_snapshot_us, last_state_us;
+    bool state_resync; /* a state publish was refused: send all of it again */
     char info_topic[256];
 
     _Atomic uint64_t acked;
@@ -218,6 +223,21 @@ static void state_publish(void *ctx, const char *topic, const char *payload, siz
      * the connection, the next connect publishes all of it again. */
     if (mqtt_publish(p->m, topic, payload ? payload : "", len, 1, true, 0) == 0)
         metrics_inc(METRIC_STATE_PUBLISHED);
+    else
+        p->state_resync = true;
+}
+
+/* Publishes changed state (or all of it after a refusal), rate limited. */
+static void publish_state(struct publisher *p, uint64_t now)
+{
+    if (now - p->last_state_us < STATE_MIN_INTERVAL_US)
+        return;
+    bool all = p->state_resync;
+    if (!all && !ingest_state_dirty(p->in))
+        return;
+    p->state_resync = false;
+    p->last_state_us = now;
+    ingest_emit_state(p->in, all, state_publish, p);
 }
 
 static void publish_bridge(struct publisher *p)
@@ -271,8 +291,11 @@ static void set_family(struct publisher *p, struct slot *s, const char *topic)
     s->family[n] = '\0';
 }
 
-/* Sends again what this connection has not carried yet. */
-static void resend(struct publisher *p)
+/*
+ * Sends again what this connection has not carried yet, in seq order. Returns
+ * false when the client refused one: nothing newer may go out before it.
+ */
+static bool resend(struct publisher *p)
 {
     for (size_t i = 0; i < p->wcount && p->connected; i++) {
         struct slot *s = slot_at(p, i);
@@ -286,8 +309,9 @@ static void resend(struct publisher *p)
             continue;
         }
         if (!send_record(p, s, &rec))
-            return; /* refused: kept as needs_send, retried on the next pass */
+            return false; /* refused: kept as needs_send, retried on the next pass */
     }
+    return p->connected;
 }
 
 /* Reads and sends new durable records while the window has room. */
@@ -336,9 +360,6 @@ static void apply_acks(struct publisher *p, const struct tag_list *acks,
         p->wcount--;
     }
     atomic_store(&p->acked, acked);
-    /* Anything refused while "connected" is retried right away. */
-    if (fails->n > 0)
-        resend(p);
 }
 
 /* Stores the watermark and the state snapshot, then lets the journal forget
@@ -374,9 +395,13 @@ static void *run(void *arg)
     pthread_mutex_lock(&p->lock);
     for (;;) {
         if (!p->wake && !p->connected_event && !p->stop && p->acks.n == 0 && p->fails.n == 0) {
+            /* Sleep until the next tick, or sooner when a state round is due. */
+            long wait_ns = TICK_MS * 1000000L;
+            if (p->connected && (p->state_resync || ingest_state_dirty(p->in)))
+                wait_ns = STATE_MIN_INTERVAL_US * 1000L;
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += TICK_MS * 1000000L;
+            until.tv_nsec += wait_ns;
             if (until.tv_nsec >= 1000000000L) {
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000L;
@@ -405,6 +430,8 @@ static void *run(void *arg)
                 slot_at(p, i)->needs_send = !slot_at(p, i)->acked;
             if (p->connected) {
                 publish_bridge(p);
+                p->state_resync = false;
+                p->last_state_us = now_us();
                 ingest_emit_state(p->in, true, state_publish, p);
                 if (p->wcount > 0)
                     log_info("publisher: resending %zu unacknowledged events from seq %llu",
@@ -417,10 +444,9 @@ static void *run(void *arg)
         apply_acks(p, &acks, &fails);
         acks.n = fails.n = 0;
         if (p->connected) {
-            resend(p);
-            fill(p);
-            if (ingest_state_dirty(p->in))
-                ingest_emit_state(p->in, false, state_publish, p);
+            if (resend(p))
+                fill(p);
+            publish_state(p, now_us());
         }
         housekeeping(p, false);
 
