@@ -14,10 +14,12 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "race2mqtt/config.h"
@@ -29,15 +31,23 @@
 
 /* A snapshot larger than this is not ours: 64 controllers of JSON are ~50 KiB. */
 #define SNAPSHOT_MAX_BYTES (16 * 1024 * 1024)
+#define SNAPSHOT_INTERVAL_S 1
 
 struct ingest {
     const struct config *cfg;
     struct journal *j;
     pthread_mutex_t lock;
     struct state *st;      /* under lock */
-    uint64_t saved_seq;    /* seq covered by the snapshot on disk; publisher thread only */
+    _Atomic uint64_t saved_seq; /* seq covered by the snapshot on disk */
     char path[PATH_MAX];   /* <store.dir>/state.json */
     char tmp[PATH_MAX];
+
+    /* The snapshot writer. */
+    pthread_t saver;
+    bool saver_running;
+    pthread_mutex_t saver_lock;
+    pthread_cond_t saver_cond;
+    bool saver_stop;
 };
 
 struct ingest *ingest_new(const struct config *cfg, struct journal *j)
@@ -53,6 +63,8 @@ struct ingest *ingest_new(const struct config *cfg, struct journal *j)
         return NULL;
     }
     pthread_mutex_init(&in->lock, NULL);
+    pthread_mutex_init(&in->saver_lock, NULL);
+    pthread_cond_init(&in->saver_cond, NULL);
     snprintf(in->path, sizeof in->path, "%s/state.json", cfg->store.dir);
     snprintf(in->tmp, sizeof in->tmp, "%s/state.json.tmp", cfg->store.dir);
     return in;
@@ -62,7 +74,10 @@ void ingest_free(struct ingest *in)
 {
     if (!in)
         return;
+    ingest_stop(in);
     state_free(in->st);
+    pthread_cond_destroy(&in->saver_cond);
+    pthread_mutex_destroy(&in->saver_lock);
     pthread_mutex_destroy(&in->lock);
     free(in);
 }
@@ -111,7 +126,7 @@ int ingest_restore(struct ingest *in, char *err, size_t errlen)
         log_warn("state: cannot read %s: %s; rebuilding from the journal", in->path,
                  strerror(errno));
     }
-    in->saved_seq = state_seq(in->st);
+    atomic_store(&in->saved_seq, state_seq(in->st));
 
     /* Replay what the snapshot does not cover yet. */
     struct journal_pos pos;
@@ -227,14 +242,15 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-uint64_t ingest_save_state(struct ingest *in)
+/* Saver thread only (and ingest_stop() after it ended). */
+static void save_state(struct ingest *in)
 {
     pthread_mutex_lock(&in->lock);
     uint64_t seq = state_seq(in->st);
-    char *text = seq != in->saved_seq ? state_save(in->st) : NULL;
+    char *text = seq != atomic_load(&in->saved_seq) ? state_save(in->st) : NULL;
     pthread_mutex_unlock(&in->lock);
     if (!text)
-        return in->saved_seq;
+        return;
 
     /* temp + fsync + rename + fsync(dir): the snapshot is either the old or the
      * new one, and durable before the journal it replaces may be released. */
@@ -244,19 +260,64 @@ uint64_t ingest_save_state(struct ingest *in)
         if (fd >= 0)
             close(fd);
         free(text);
-        return in->saved_seq;
+        return;
     }
     close(fd);
     free(text);
     if (rename(in->tmp, in->path) != 0) {
         log_warn("state: cannot rename %s: %s", in->tmp, strerror(errno));
-        return in->saved_seq;
+        return;
     }
     int dfd = open(in->cfg->store.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         fsync(dfd);
         close(dfd);
     }
-    in->saved_seq = seq;
-    return seq;
+    atomic_store(&in->saved_seq, seq);
+}
+
+static void *saver_main(void *arg)
+{
+    struct ingest *in = arg;
+    pthread_mutex_lock(&in->saver_lock);
+    while (!in->saver_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += SNAPSHOT_INTERVAL_S;
+        while (!in->saver_stop && pthread_cond_timedwait(&in->saver_cond, &in->saver_lock,
+                                                         &until) == 0)
+            ;
+        pthread_mutex_unlock(&in->saver_lock);
+        save_state(in);
+        pthread_mutex_lock(&in->saver_lock);
+    }
+    pthread_mutex_unlock(&in->saver_lock);
+    return NULL;
+}
+
+int ingest_start(struct ingest *in, char *err, size_t errlen)
+{
+    if (pthread_create(&in->saver, NULL, saver_main, in) != 0) {
+        snprintf(err, errlen, "state: cannot start the snapshot thread");
+        return -1;
+    }
+    in->saver_running = true;
+    return 0;
+}
+
+void ingest_stop(struct ingest *in)
+{
+    if (!in || !in->saver_running)
+        return;
+    pthread_mutex_lock(&in->saver_lock);
+    in->saver_stop = true;
+    pthread_cond_signal(&in->saver_cond);
+    pthread_mutex_unlock(&in->saver_lock);
+    pthread_join(in->saver, NULL); /* its last round saved what was pending */
+    in->saver_running = false;
+}
+
+uint64_t ingest_saved_seq(struct ingest *in)
+{
+    return atomic_load(&in->saved_seq);
 }

@@ -202,7 +202,8 @@ static int run(struct gateway *g, const sigset_t *signals)
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
-    if (ingest_restore(g->ingest, err, sizeof err) != 0)
+    if (ingest_restore(g->ingest, err, sizeof err) != 0 ||
+        ingest_start(g->ingest, err, sizeof err) != 0)
         goto out;
 
     g->publisher = publisher_new(&g->cfg, g->journal, g->ingest);
@@ -239,6 +240,7 @@ out:
     http_stop(atomic_load(&g->http), HTTP_DRAIN_MS);
     publisher_stop(g->publisher, g->cfg.store.flush_timeout_ms);
     mqtt_stop(g->mqtt, MQTT_OFFLINE_MS);
+    ingest_stop(g->ingest);
     journal_close(g->journal);
     g->journal = NULL;
     http_free(atomic_exchange(&g->http, NULL));

@@ -35,7 +35,7 @@
 
 #define TICK_MS 100
 #define ACK_PERSIST_MS 100
-#define SNAPSHOT_MS 1000
+#define RELEASE_MS 1000
 /* Retained state goes out at most this often: a device joining mid-race needs
  * the race as it is, not every intermediate standings table, and at thousands
  * of laps per second one state round per event would triple the traffic. */
@@ -68,6 +68,7 @@ struct publisher {
     pthread_cond_t cond;
     /* Hand-off, under lock. */
     bool wake;
+    bool want_acks; /* window full or draining: wake on every acknowledgement */
     bool connected_event;
     bool stop;
     uint64_t stop_deadline_us;
@@ -81,7 +82,7 @@ struct publisher {
     size_t bufcap, sealedcap;
     bool connected;
     uint64_t persisted_acked;
-    uint64_t last_persist_us, last_snapshot_us, last_state_us;
+    uint64_t last_persist_us, last_release_us, last_state_us;
     bool state_resync; /* a state publish was refused: send all of it again */
     char info_topic[256];
 
@@ -126,12 +127,18 @@ static void cb_lost(void *ctx, const char *cause)
     publisher_wake(p);
 }
 
+/*
+ * An acknowledgement only moves the watermark, which nobody waits for while
+ * the window has room: it is collected on the next wake (a commit or the
+ * tick) instead of costing a thread switch per message.
+ */
 static void cb_delivered(void *ctx, uint64_t tag)
 {
     struct publisher *p = ctx;
     pthread_mutex_lock(&p->lock);
     tag_push(&p->acks, tag);
-    pthread_cond_signal(&p->cond);
+    if (p->want_acks)
+        pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -362,8 +369,8 @@ static void apply_acks(struct publisher *p, const struct tag_list *acks,
     atomic_store(&p->acked, acked);
 }
 
-/* Stores the watermark and the state snapshot, then lets the journal forget
- * what both cover. */
+/* Stores the watermark, then lets the journal forget what both it and the
+ * state snapshot (written by ingest's own thread) cover. */
 static void housekeeping(struct publisher *p, bool force)
 {
     uint64_t now = now_us();
@@ -373,10 +380,10 @@ static void housekeeping(struct publisher *p, bool force)
         p->persisted_acked = acked;
         p->last_persist_us = now;
     }
-    if (force || now - p->last_snapshot_us >= SNAPSHOT_MS * 1000) {
-        uint64_t saved = ingest_save_state(p->in);
+    if (force || now - p->last_release_us >= RELEASE_MS * 1000) {
+        uint64_t saved = ingest_saved_seq(p->in);
         journal_release(p->j, saved < p->persisted_acked ? saved : p->persisted_acked);
-        p->last_snapshot_us = now;
+        p->last_release_us = now;
     }
 }
 
@@ -394,7 +401,8 @@ static void *run(void *arg)
 
     pthread_mutex_lock(&p->lock);
     for (;;) {
-        if (!p->wake && !p->connected_event && !p->stop && p->acks.n == 0 && p->fails.n == 0) {
+        if (!p->wake && !p->connected_event && !p->stop && p->fails.n == 0 &&
+            (p->acks.n == 0 || !p->want_acks)) {
             /* Sleep until the next tick, or sooner when a state round is due. */
             long wait_ns = TICK_MS * 1000000L;
             if (p->connected && (p->state_resync || ingest_state_dirty(p->in)))
@@ -453,6 +461,7 @@ static void *run(void *arg)
         if (stopping && (drained(p) || now_us() >= deadline))
             break;
         pthread_mutex_lock(&p->lock);
+        p->want_acks = stopping || p->wcount == p->wcap;
     }
     free(acks.v);
     free(fails.v);

@@ -50,9 +50,17 @@ void ingest_emit_state(struct ingest *in, bool all, state_emit_fn fn, void *ctx)
 bool ingest_state_dirty(struct ingest *in);
 
 /*
- * Writes the state snapshot atomically (temp file, fsync, rename) when it
- * changed since the last save. Returns the seq the saved snapshot covers.
+ * Starts the thread that writes the state snapshot atomically (temp file,
+ * fsync, rename, fsync of the directory) about once a second when it changed.
+ * It has its own thread because an fsync on the publisher's path would stall
+ * every event behind it.
  */
-uint64_t ingest_save_state(struct ingest *in);
+int ingest_start(struct ingest *in, char *err, size_t errlen);
+
+/* Writes a last snapshot and stops the thread. Safe twice. */
+void ingest_stop(struct ingest *in);
+
+/* The seq the snapshot on disk covers: the journal may forget up to here. */
+uint64_t ingest_saved_seq(struct ingest *in);
 
 #endif
