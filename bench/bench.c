@@ -387,6 +387,10 @@ static unsigned char *seen; /* by bench_id: delivered at least once */
 static atomic_long uniq_warm, uniq_meas;
 static int64_t last_seq_ctrl[NCONTROLLERS + 1];
 static atomic_int mqtt_lost;
+static struct reorder {
+    int ctrl;
+    int64_t after, seq;
+} reorder_ex[4]; /* the first out-of-order deliveries, for the report */
 
 static pthread_mutex_t mq_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t mq_cv = PTHREAD_COND_INITIALIZER;
@@ -457,9 +461,11 @@ static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *m
             topic[tl - 1] <= '0' + NCONTROLLERS)
             ctrl = topic[tl - 1] - '0';
         if (seq != INT64_MIN) {
-            if (seq < last_seq_ctrl[ctrl])
-                atomic_fetch_add(&reordered, 1);
-            else
+            if (seq < last_seq_ctrl[ctrl]) {
+                long r = atomic_fetch_add(&reordered, 1);
+                if (r < 4)
+                    reorder_ex[r] = (struct reorder){ctrl, last_seq_ctrl[ctrl], seq};
+            } else
                 last_seq_ctrl[ctrl] = seq;
         }
     }
@@ -500,12 +506,18 @@ static void on_fail(void *ctx, MQTTAsync_failureData *r)
     mq_signal(-1);
 }
 
-static void on_ok5(void *ctx, MQTTAsync_successData5 *r)
+static void on_conn_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
     (void)ctx;
-    if (r && r->alt.sub.reasonCodeCount > 0)
-        mq_granted = r->alt.sub.reasonCodes ? r->alt.sub.reasonCodes[0] : r->reasonCode;
-    else if (r)
+    (void)r;
+    mq_signal(1);
+}
+
+/* One topic: the granted QoS is the reason code (alt.sub is for several). */
+static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)ctx;
+    if (r)
         mq_granted = r->reasonCode;
     mq_signal(1);
 }
@@ -553,7 +565,7 @@ static MQTTAsync subscribe_start(void)
         MQTTAsync_connectOptions o5 = MQTTAsync_connectOptions_initializer5;
         o = o5;
         o.cleanstart = 1;
-        o.onSuccess5 = on_ok5;
+        o.onSuccess5 = on_conn_ok5;
         o.onFailure5 = on_fail5;
     } else {
         o.MQTTVersion = MQTTVERSION_3_1_1;
@@ -571,7 +583,7 @@ static MQTTAsync subscribe_start(void)
 
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     if (opt.mqtt_version == 5) {
-        ro.onSuccess5 = on_ok5;
+        ro.onSuccess5 = on_sub_ok5;
         ro.onFailure5 = on_fail5;
     } else {
         ro.onSuccess = on_ok;
@@ -1201,7 +1213,12 @@ static void report(struct proc_sample p0, struct proc_sample p1, double cpu0, do
                "200 without seq %ld, unparsable %ld, log overflow %ld, warmup dups %ld\n",
                "anomalies", unmatched, mismatched, seq_reused, no_seq_200,
                atomic_load(&unparsed), atomic_load(&dlog_overflow), dups_warm);
-    printf("%-26s %ld\n", "out of order (per topic)", atomic_load(&reordered));
+    long nre = atomic_load(&reordered);
+    printf("%-26s %ld", "out of order (per topic)", nre);
+    for (long k = 0; k < nre && k < 4; k++)
+        printf("%s lap/%d seq %" PRId64 " after %" PRId64, k ? "," : "  [", reorder_ex[k].ctrl,
+               reorder_ex[k].seq, reorder_ex[k].after);
+    printf("%s\n", nre ? "]" : "");
     print_lat("latency POST->sub ms", lat_sent, nls);
     if (opt.rate > 0) {
         print_lat("latency sched->sub ms", lat_sched, nls);

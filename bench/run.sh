@@ -15,6 +15,7 @@
 #   RACE2MQTT_BENCH  bench binary          (default race2mqtt-bench next to the gateway)
 #   MOSQUITTO        broker binary         (default /usr/sbin/mosquitto)
 #   CONNS=32 RATE=2000 RATE_SECONDS=10 WARMUP=2000 GRACE_MS=3000
+#   BENCH_ARGS       extra race2mqtt-bench options for both runs, e.g. --mqtt5
 #   KEEP_TMP=1       keep the temp dir (configs, logs) for inspection
 set -euo pipefail
 
@@ -30,6 +31,7 @@ RATE=${RATE:-2000}
 RATE_SECONDS=${RATE_SECONDS:-10}
 WARMUP=${WARMUP:-2000}
 GRACE_MS=${GRACE_MS:-3000}
+read -r -a EXTRA <<<"${BENCH_ARGS:-}"
 
 # The gateway reads RACE2MQTT_<SECTION>_<KEY> from the environment: run it with
 # the temp config only.
@@ -72,13 +74,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A free TCP port on 127.0.0.1: random, and not in LISTEN in /proc/net/tcp.
+# A TCP port no socket uses (any state, /proc/net/tcp{,6}), picked at random
+# below the ephemeral range so that client connections cannot take it between
+# the pick and the bind. Other users may still race us: starts are retried.
+read -r EPH_LO _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LO=32768
+[ "$EPH_LO" -gt 12000 ] || EPH_LO=61000
 free_port() {
   local p hex
   for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (EPH_LO - 10000)))
     hex=$(printf ':%04X' "$p")
-    if ! awk -v h="$hex" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == h { f = 1 } END { exit !f }' \
+    if ! awk -v h="$hex" 'NR > 1 && substr($2, length($2) - 4) == h { f = 1 } END { exit !f }' \
          /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
       echo "$p"
       return 0
@@ -101,11 +107,11 @@ owns_port() { # pid port
     /proc/net/tcp
 }
 
-MQTT_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-while [ "$HTTP_PORT" = "$MQTT_PORT" ]; do HTTP_PORT=$(free_port); done
-
-cat >"$TMP/mosquitto.conf" <<EOF
+start_broker() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    MQTT_PORT=$(free_port)
+    cat >"$TMP/mosquitto.conf" <<EOF
 listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
 persistence false
@@ -117,23 +123,31 @@ log_dest stderr
 log_type error
 log_type warning
 EOF
-
-"$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
-BROKER_PID=$!
-for i in $(seq 51); do
-  owns_port "$BROKER_PID" "$MQTT_PORT" && break
-  if [ "$i" = 51 ] || ! kill -0 "$BROKER_PID" 2>/dev/null; then
-    echo "run.sh: mosquitto did not start on 127.0.0.1:$MQTT_PORT:" >&2
-    cat "$TMP/mosquitto.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+    "$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
+    BROKER_PID=$!
+    for _ in $(seq 50); do
+      owns_port "$BROKER_PID" "$MQTT_PORT" && return 0
+      kill -0 "$BROKER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_pid "$BROKER_PID" 2
+    BROKER_PID=""
+    grep -q 'in use' "$TMP/mosquitto.log" || break
+    echo "run.sh: port $MQTT_PORT taken meanwhile, retrying ($attempt)" >&2
+  done
+  echo "run.sh: mosquitto did not start:" >&2
+  cat "$TMP/mosquitto.log" >&2
+  exit 1
+}
 
 start_gateway() { # name
-  local dir=$TMP/$1
-  mkdir -p "$dir/var"
-  cat >"$dir/race2mqtt.conf" <<EOF
+  local dir=$TMP/$1 attempt
+  for attempt in 1 2 3 4 5; do
+    HTTP_PORT=$(free_port)
+    [ "$HTTP_PORT" != "$MQTT_PORT" ] || continue
+    rm -rf "$dir"
+    mkdir -p "$dir/var"
+    cat >"$dir/race2mqtt.conf" <<EOF
 [mqtt]
 url = mqtt://127.0.0.1:$MQTT_PORT
 client_id = race2mqtt-bench-$$
@@ -148,23 +162,31 @@ level = warn
 [raceresult]
 enabled = false
 EOF
-  "$BIN" -c "$dir/race2mqtt.conf" >"$dir/gateway.log" 2>&1 &
-  GW_PID=$!
-  for _ in $(seq 150); do
-    if owns_port "$GW_PID" "$HTTP_PORT" &&
-       curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$HTTP_PORT/readyz"; then
-      return 0
-    fi
-    if ! kill -0 "$GW_PID" 2>/dev/null; then
-      echo "run.sh: the gateway exited during start-up:" >&2
+    "$BIN" -c "$dir/race2mqtt.conf" >"$dir/gateway.log" 2>&1 &
+    GW_PID=$!
+    for _ in $(seq 150); do
+      if owns_port "$GW_PID" "$HTTP_PORT" &&
+         curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$HTTP_PORT/readyz"; then
+        return 0
+      fi
+      kill -0 "$GW_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$GW_PID" 2>/dev/null; then
+      echo "run.sh: /readyz not 200 after 15 s:" >&2
       tail -n 20 "$dir/gateway.log" >&2
-      GW_PID=""
       exit 1
     fi
-    sleep 0.1
+    wait "$GW_PID" 2>/dev/null || true
+    GW_PID=""
+    if ! grep -q 'cannot listen' "$dir/gateway.log"; then
+      echo "run.sh: the gateway exited during start-up:" >&2
+      tail -n 20 "$dir/gateway.log" >&2
+      exit 1
+    fi
+    echo "run.sh: port $HTTP_PORT taken meanwhile, retrying ($attempt)" >&2
   done
-  echo "run.sh: /readyz not 200 after 15 s:" >&2
-  tail -n 20 "$dir/gateway.log" >&2
+  echo "run.sh: the gateway could not listen on any port tried" >&2
   exit 1
 }
 
@@ -183,6 +205,8 @@ stop_gateway() { # name
   fi
 }
 
+start_broker
+
 echo "race2mqtt bench: $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(uname -r)"
 echo "gateway: $BIN ($("$BIN" --version 2>/dev/null | head -n 1 || true))"
 echo "broker:  $("$MOSQUITTO" -h 2>/dev/null | head -n 1 || true), 127.0.0.1:$MQTT_PORT"
@@ -193,7 +217,7 @@ start_gateway full
 timeout --kill-after=5 330 "$BENCH" \
   --http "127.0.0.1:$HTTP_PORT" --broker "tcp://127.0.0.1:$MQTT_PORT" \
   --n "$N" --conns "$CONNS" --rate 0 --warmup "$WARMUP" --grace-ms "$GRACE_MS" \
-  --pid "$GW_PID" --timeout-s 300 --label "run 1"
+  --pid "$GW_PID" --timeout-s 300 --label "run 1" ${EXTRA[@]+"${EXTRA[@]}"}
 gateway_metrics
 stop_gateway full
 echo
@@ -204,6 +228,6 @@ timeout --kill-after=5 $((RATE_SECONDS + 90)) "$BENCH" \
   --http "127.0.0.1:$HTTP_PORT" --broker "tcp://127.0.0.1:$MQTT_PORT" \
   --n $((RATE * RATE_SECONDS)) --conns "$CONNS" --rate "$RATE" \
   --warmup $((RATE / 2)) --grace-ms "$GRACE_MS" \
-  --pid "$GW_PID" --timeout-s $((RATE_SECONDS + 60)) --label "run 2"
+  --pid "$GW_PID" --timeout-s $((RATE_SECONDS + 60)) --label "run 2" ${EXTRA[@]+"${EXTRA[@]}"}
 gateway_metrics
 stop_gateway paced

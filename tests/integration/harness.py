@@ -156,6 +156,43 @@ class Process:
         return tail(self.log_path)
 
 
+SANITIZER_MARKERS = (b"ERROR: AddressSanitizer", b"ERROR: LeakSanitizer", b"runtime error:",
+                     b"WARNING: ThreadSanitizer", b"ERROR: UndefinedBehaviorSanitizer")
+
+
+def sanitizer_findings(path):
+    """Lines of a log that report a sanitizer finding (ASan/LSan/UBSan builds)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    return [line.decode("utf-8", "replace") for line in data.splitlines()
+            if any(mk in line for mk in SANITIZER_MARKERS)]
+
+
+def finish_gateways(resources):
+    """Stops every still running gateway with SIGTERM and returns a list of
+    problems: exit status not 0 (a clean stop must exit 0; leak reports of a
+    sanitizer build make it 1) and sanitizer findings in any gateway log."""
+    problems = []
+    for r in resources:
+        if not isinstance(r, Gateway):
+            continue
+        if r.running():
+            try:
+                rc = r.stop(timeout=20)
+            except AssertionError as e:
+                problems.append(str(e))
+                rc = 0
+            if rc != 0:
+                problems.append("%s: exit status %s after SIGTERM at the end of the test"
+                                % (r.name, rc))
+        for line in sanitizer_findings(r.log_path):
+            problems.append("%s: %s" % (r.name, line))
+    return problems
+
+
 class Broker(Process):
     """mosquitto from a config written into workdir, on a fixed port across restarts."""
 
@@ -411,9 +448,15 @@ def run_cli(args, env=None, timeout=20):
     """Runs the binary with args; returns (exit status, stdout+stderr text)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("RACE2MQTT_")}
     e.update(env or {})
-    p = subprocess.run([gateway_bin()] + list(args), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e,
-                       timeout=timeout)
+    # A throw-away working directory: should a bad config be accepted, the
+    # default ./var must not land in the caller's directory.
+    cwd = tempfile.mkdtemp(prefix="r2m-it-cli-")
+    try:
+        p = subprocess.run([gateway_bin()] + list(args), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e,
+                           timeout=timeout, cwd=cwd)
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
@@ -615,7 +658,19 @@ class IntegrationCase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        problems = finish_gateways(cls._class_resources or [])
+        if problems:
+            logs = "".join("\n----- %s log -----\n%s\n" % (p.name, p.log())
+                           for p in cls._class_resources if isinstance(p, Gateway))
         _cleanup(cls._class_resources or [], cls._class_tmp or [])
+        if problems:
+            raise AssertionError("gateway problems at the end of %s:\n  %s\n%s"
+                                 % (cls.__name__, "\n  ".join(problems), logs))
+
+    def tearDown(self):
+        problems = finish_gateways(self._resources)
+        self.assertEqual(problems, [], "gateway did not stop cleanly or a sanitizer "
+                         "reported an error")
 
     @classmethod
     def class_tmpdir(cls):
@@ -844,7 +899,12 @@ def delivery_report(test, sub, answered, topic, label, show_dups=True):
         print("%s: answered_2xx=%d delivered=%d lost=%d (duplicates=%d)"
               % (label, len(answered), delivered, len(lost), dups))
     test.assertEqual(lost, [], "events answered 2xx never delivered (seqs)")
-    test.assertEqual(first, sorted(first), "first arrivals not in seq order")
+    inversions = [(a, b) for a, b in zip(first, first[1:]) if b < a]
+    if inversions:
+        print("%s: out of order first arrivals (seq before, seq after): %r"
+              % (label, inversions[:20]))
+    test.assertEqual(inversions, [], "first arrivals not in seq order: seq b arrived "
+                     "right after a > b (a, b) x %d" % len(inversions))
     for s, ms in seen.items():
         datas = {m.payload for m in ms}
         test.assertEqual(len(datas), 1, "seq %d delivered with different payloads (reused): %r"

@@ -255,6 +255,51 @@ class HttpTests(HttpCase):
                                  and "seq" in r.json, "POST %s accepted as an event" % path)
         self.assert_publishes_nothing(before)
 
+    def test_keep_alive(self):
+        """Several requests on one HTTP/1.1 connection, as a webview sends them."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        seqs = []
+        try:
+            for i in range(5):
+                conn.request("POST", "/", json.dumps(event(30 + i)).encode(),
+                             {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                body = json.loads(r.read())
+                self.assertEqual(r.status, 200, body)
+                seqs.append(body["seq"])
+            conn.request("OPTIONS", "/", headers={"Access-Control-Request-Method": "POST"})
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 204)
+            conn.request("POST", "/", b"{bad", {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 400)
+        except (OSError, http.client.HTTPException) as e:
+            self.fail("keep-alive connection broken after %d answers: %r" % (len(seqs), e))
+        finally:
+            conn.close()
+        self.assertEqual(seqs, sorted(set(seqs)))
+
+    def test_expect_100_continue(self):
+        """curl sends Expect: 100-continue for bodies above 1 KiB."""
+        body = json.dumps({"event_type": "test.expect", "event_data": {"pad": "x" * 2000}})
+        body = body.encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Expect: 100-continue\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body))
+            first = s.recv(4096)
+            self.assertTrue(first.startswith(b"HTTP/1.1 100"), first)
+            s.sendall(body)
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        self.assertEqual(harness.raw_status(out), 200, out)
+
     def test_idle_connections_do_not_block(self):
         socks = []
         try:

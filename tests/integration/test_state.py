@@ -258,6 +258,47 @@ class StateTests(StateCase):
         self.assertEqual(sorted(before - after - {"r2mtest/canary"}), [],
                          "retained topics not republished after the broker restart")
 
+    def test_malformed_data_changes_nothing(self):
+        """Accepted events whose data has the wrong shape leave the state alone."""
+        d = self.tmpdir()
+        broker = self.start_broker(d)
+        gw = self.start_gateway(d, broker)
+        t = 1700000000000
+        good = [ev("event.change_status", {"old": "starting", "new": "running"}, t),
+                ev("events.weather_change", "wet", t + 1),
+                ev("race.vsc_deployed", None, t + 2),
+                lap("1", 1, 5000, t + 3), lap("1", 2, 4800, t + 4)]
+        self.post_all(gw, good)
+
+        def unchanged(snap):
+            self.assertEqual(text(snap.get(S + "status")), "running")
+            self.assertEqual(text(snap.get(S + "weather")), "wet")
+            self.assertEqual(text(snap.get(S + "vsc")), "deployed")
+            c1 = self.controller(snap, "1")
+            self.assertEqual((c1.get("laps"), c1.get("last_lap_ms"), c1.get("best_lap_ms")),
+                             (2, 4800, 4800), c1)
+            self.assertEqual(standings_ids(snap[S + "standings"]), ["1"])
+        self.wait_retained(broker.port, unchanged)
+        bad = [ev("event.change_status", {"old": "running", "new": 5}, t + 10),
+               ev("event.change_status", {"old": "running", "new": None}, t + 11),
+               ev("event.change_status", {"old": "running", "new": ["x"]}, t + 12),
+               ev("event.change_status", "running", t + 13),
+               ev("events.weather_change", {"x": "dry"}, t + 14),
+               ev("events.weather_change", "sunny", t + 14),
+               ev("events.weather_change", 1, t + 15),
+               ev("events.weather_change", None, t + 16),
+               ev("ui.lap_update", "1", t + 17),
+               ev("ui.lap_update", {"controller_id": {"x": 1}, "lap": 9}, t + 18),
+               ev("ui.lap_update", {"controller_id": ["1"], "lap": 9}, t + 19)]
+        sub = self.subscribe(broker.port, ["smartrace/lap/#"])
+        seqs = self.post_all(gw, bad)
+        # Wait until the gateway has published the last of them (state follows).
+        self.assertIsNotNone(sub.wait_message(lambda m: m.payload
+                                              and m.json().get("seq") == seqs[-1], 10))
+        time.sleep(0.5)
+        self.wait_retained(broker.port, unchanged, timeout=2)
+        self.assertTrue(gw.running())
+
     def test_state_survives_gateway_restart(self):
         d = self.tmpdir()
         broker = self.start_broker(d, persistence=False)
