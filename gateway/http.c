@@ -24,6 +24,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +70,7 @@ struct http {
         uint64_t first, last;
     } failed[FAILED_RANGES]; /* recent failed commits (rare: disk full) */
     size_t nfailed;
-    bool stopping;
+    _Atomic bool stopping; /* read by workers without the lock */
 };
 
 static void log_mhd(void *cls, const char *fmt, va_list ap)

@@ -17,7 +17,9 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
     chown mosquitto: mosquitto/data
     touch mosquitto/mosquitto.log && chown mosquitto: mosquitto/mosquitto.log
   fi
-  /usr/sbin/mosquitto -c mosquitto/mosquitto.conf &
+  # Its own session: Ctrl-C goes to the gateway only, which then still says
+  # "offline" to the broker; the broker is stopped once the gateway is done.
+  setsid /usr/sbin/mosquitto -c mosquitto/mosquitto.conf &
   broker_pid=$!
   trap '[ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null; wait 2>/dev/null || true' EXIT
   for _ in $(seq 50); do
