@@ -112,6 +112,13 @@ static const char *check_url_safe(void *field);
 static const char *check_qos(void *field);
 static const char *check_level(void *field);
 
+static const struct choice start_choices[] = {
+    {"file", CONFIG_RR_START_FILE},
+    {"all", CONFIG_RR_START_ALL},
+    {"new", CONFIG_RR_START_NEW},
+    {NULL, 0},
+};
+
 static const struct choice protocol_choices[] = {
     {"5", CONFIG_MQTT_5},
     {"3.1.1", CONFIG_MQTT_311},
@@ -222,6 +229,25 @@ static const struct key keys[] = {
     {.section = "raceresult", .name = "command_group", .type = KEY_STRING,
      AT(raceresult.command_group), .check = check_share_name,
      .help = "shared subscription group so replicas run each command once; empty = none"},
+    {.section = "raceresult", .name = "amount", .type = KEY_INT, AT(raceresult.amount),
+     .def = "10000", .min = 1, .max = 10000,
+     .help = "detections asked for per request (the API answers at most 10000)"},
+    {.section = "raceresult", .name = "start", .type = KEY_CHOICE, AT(raceresult.start),
+     .def = "file", .choices = start_choices,
+     .help = "a device without a cursor starts at: file (its current file), all, or new"},
+    {.section = "raceresult", .name = "recheck_s", .type = KEY_INT, AT(raceresult.recheck_s),
+     .def = "300", .min = 1, .max = 86400,
+     .help = "ask a device whose counters did not move for detections at least this often"},
+    {.section = "raceresult", .name = "connect_timeout_ms", .type = KEY_INT,
+     AT(raceresult.connect_timeout_ms), .def = "5000", .min = 100, .max = 120000,
+     .help = "time to connect to the API"},
+    {.section = "raceresult", .name = "timeout_ms", .type = KEY_INT, AT(raceresult.timeout_ms),
+     .def = "30000", .min = 500, .max = 600000, .help = "time for a whole API request"},
+    {.section = "raceresult", .name = "max_response", .type = KEY_SIZE,
+     AT(raceresult.max_response), .def = "64M", .min = 64 * KIB, .max = 1 * GIB,
+     .help = "largest API answer accepted (10000 detections are about 10 MiB)"},
+    {.section = "raceresult", .name = "ca_file", .type = KEY_STRING, AT(raceresult.ca_file),
+     .flags = KEY_READABLE, .help = "PEM CA bundle to verify base_url; empty = system default"},
 
     {.section = "homeassistant", .name = "enabled", .type = KEY_BOOL,
      AT(homeassistant.enabled), .def = "true", .help = "publish Home Assistant MQTT discovery"},

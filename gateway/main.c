@@ -4,10 +4,12 @@
  * The data flow, in start order:
  *
  *   config -> log -> journal -> ingest (state restored) -> MQTT + publisher
- *          -> HTTP (last: input is accepted only once every output exists)
+ *          -> RACE RESULT poller -> HTTP (last: input is accepted only once
+ *             every output exists)
  *
  *   POST body --http--> ingest --append--> journal --commit--> http answers 200
  *                                              \--> publisher --QoS 1--> broker
+ *   REST API --rest--> rrpoll --QoS 1--> broker --PUBACK--> cursor on disk
  *
  * Shutdown runs the exact reverse: stop accepting, drain to the broker within
  * store.flush_timeout_ms, say "offline", close the journal (which keeps the
@@ -39,6 +41,8 @@
 #include "race2mqtt/metrics.h"
 #include "race2mqtt/mqtt.h"
 #include "race2mqtt/publisher.h"
+#include "race2mqtt/rest.h"
+#include "race2mqtt/rrpoll.h"
 
 #define DEFAULT_CONFIG "config/race2mqtt.conf"
 #define EXIT_CONFIG 2
@@ -51,6 +55,8 @@ struct gateway {
     struct ingest *ingest;
     struct publisher *publisher;
     struct mqtt *mqtt;
+    struct rest_auth *rest_auth;
+    struct rrpoll *rrpoll;
     struct http *_Atomic http;
 };
 
@@ -80,6 +86,46 @@ static void on_commit(void *ctx, uint64_t first, uint64_t last, bool ok)
     if (g->publisher)
         publisher_wake(g->publisher);
     http_committed(atomic_load(&g->http), first, last, ok);
+}
+
+/* paho's callbacks, routed by tag: the poller's carry RRPOLL_TAG_BIT. */
+static void mqtt_connected(void *ctx)
+{
+    struct gateway *g = ctx;
+    publisher_connected(g->publisher);
+    if (g->rrpoll)
+        rrpoll_connected(g->rrpoll);
+}
+
+static void mqtt_lost(void *ctx, const char *cause)
+{
+    struct gateway *g = ctx;
+    (void)cause;
+    publisher_connection_lost(g->publisher);
+    if (g->rrpoll)
+        rrpoll_connection_lost(g->rrpoll);
+}
+
+static void mqtt_delivered(void *ctx, uint64_t tag)
+{
+    struct gateway *g = ctx;
+    if (tag & RRPOLL_TAG_BIT) {
+        if (g->rrpoll)
+            rrpoll_delivered(g->rrpoll, tag);
+    } else {
+        publisher_delivered(g->publisher, tag);
+    }
+}
+
+static void mqtt_failed(void *ctx, uint64_t tag)
+{
+    struct gateway *g = ctx;
+    if (tag & RRPOLL_TAG_BIT) {
+        if (g->rrpoll)
+            rrpoll_failed(g->rrpoll, tag);
+    } else {
+        publisher_failed(g->publisher, tag);
+    }
 }
 
 static bool broker_ready(void *ctx)
@@ -171,6 +217,9 @@ static void print_banner(const struct gateway *g)
     lan_address(&g->cfg, addr, sizeof addr);
     broker_host_port(g->cfg.mqtt.url, host, sizeof host, &bport);
     log_info("race2mqtt %s is running", RACE2MQTT_VERSION);
+    if (g->cfg.raceresult.enabled == 1)
+        log_info("RACE RESULT: passings on %s/<device>/passing, status on %s/<device>/status",
+                 g->cfg.raceresult.base_topic, g->cfg.raceresult.base_topic);
     if (g->cfg.smartrace.enabled)
         log_info("SmartRace: Settings -> Data interface -> URL: http://%s:%d/%s", addr,
                  g->cfg.http.port, g->cfg.http.token ? "?token=<your http.token>" : "");
@@ -211,9 +260,32 @@ static int run(struct gateway *g, const sigset_t *signals)
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
-    struct mqtt_callbacks cb = publisher_mqtt_callbacks(g->publisher);
+    if (g->cfg.raceresult.enabled == 1) {
+        struct rest_options ropt = {
+            .base_url = g->cfg.raceresult.base_url,
+            .api_key = g->cfg.raceresult.api_key,
+            .ca_file = g->cfg.raceresult.ca_file,
+            .connect_timeout_ms = g->cfg.raceresult.connect_timeout_ms,
+            .timeout_ms = g->cfg.raceresult.timeout_ms,
+            .max_body = (size_t)g->cfg.raceresult.max_response,
+        };
+        g->rest_auth = rest_auth_new(&ropt);
+        g->rrpoll = g->rest_auth ? rrpoll_new(&g->cfg, g->rest_auth) : NULL;
+        if (!g->rrpoll) {
+            snprintf(err, sizeof err, "out of memory");
+            goto out;
+        }
+    }
+    struct mqtt_callbacks cb = {
+        .on_connected = mqtt_connected,
+        .on_connection_lost = mqtt_lost,
+        .on_delivered = mqtt_delivered,
+        .on_failed = mqtt_failed,
+        .ctx = g,
+    };
     if (mqtt_new(&g->mqtt, &g->cfg, &cb, err, sizeof err) != 0 ||
         publisher_start(g->publisher, g->mqtt, err, sizeof err) != 0 ||
+        (g->rrpoll && rrpoll_start(g->rrpoll, g->mqtt, err, sizeof err) != 0) ||
         mqtt_start(g->mqtt, err, sizeof err) != 0)
         goto out;
 
@@ -238,12 +310,15 @@ out:
         log_error("%s", err);
     /* The reverse of the start order. */
     http_stop(atomic_load(&g->http), HTTP_DRAIN_MS);
+    rrpoll_stop(g->rrpoll);
     publisher_stop(g->publisher, g->cfg.store.flush_timeout_ms);
     mqtt_stop(g->mqtt, MQTT_OFFLINE_MS);
     ingest_stop(g->ingest);
     journal_close(g->journal);
     g->journal = NULL;
     http_free(atomic_exchange(&g->http, NULL));
+    rrpoll_free(g->rrpoll);
+    rest_auth_free(g->rest_auth);
     publisher_free(g->publisher);
     mqtt_free(g->mqtt);
     ingest_free(g->ingest);

@@ -111,19 +111,16 @@ static void tag_push(struct tag_list *l, uint64_t tag)
     l->v[l->n++] = tag;
 }
 
-static void cb_connected(void *ctx)
+void publisher_connected(struct publisher *p)
 {
-    struct publisher *p = ctx;
     pthread_mutex_lock(&p->lock);
     p->connected_event = true;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
 }
 
-static void cb_lost(void *ctx, const char *cause)
+void publisher_connection_lost(struct publisher *p)
 {
-    struct publisher *p = ctx;
-    (void)cause;
     publisher_wake(p);
 }
 
@@ -132,9 +129,8 @@ static void cb_lost(void *ctx, const char *cause)
  * the window has room: it is collected on the next wake (a commit or the
  * tick) instead of costing a thread switch per message.
  */
-static void cb_delivered(void *ctx, uint64_t tag)
+void publisher_delivered(struct publisher *p, uint64_t tag)
 {
-    struct publisher *p = ctx;
     pthread_mutex_lock(&p->lock);
     tag_push(&p->acks, tag);
     if (p->want_acks)
@@ -142,9 +138,8 @@ static void cb_delivered(void *ctx, uint64_t tag)
     pthread_mutex_unlock(&p->lock);
 }
 
-static void cb_failed(void *ctx, uint64_t tag)
+void publisher_failed(struct publisher *p, uint64_t tag)
 {
-    struct publisher *p = ctx;
     metrics_inc(METRIC_MQTT_PUBLISH_FAILED);
     pthread_mutex_lock(&p->lock);
     tag_push(&p->fails, tag);
@@ -174,18 +169,6 @@ struct publisher *publisher_new(const struct config *cfg, struct journal *j, str
     p->persisted_acked = acked;
     journal_seek(j, acked, &p->read_pos);
     return p;
-}
-
-struct mqtt_callbacks publisher_mqtt_callbacks(struct publisher *p)
-{
-    struct mqtt_callbacks cb = {
-        .on_connected = cb_connected,
-        .on_connection_lost = cb_lost,
-        .on_delivered = cb_delivered,
-        .on_failed = cb_failed,
-        .ctx = p,
-    };
-    return cb;
 }
 
 void publisher_wake(struct publisher *p)

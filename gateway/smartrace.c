@@ -14,12 +14,12 @@
  * apart; unknown event types are normal and go to <base>/other/<type>.
  *
  * Hostile input is refused here, before anything is journalled: the body must
- * be one strict JSON object (json-c STRICT, UTF-8 validated, nesting bounded,
- * nothing but whitespace after it, no NUL byte), and numbers that json-c
- * accepts but JSON forbids (NaN, Infinity, "1.", "-.5") are rejected because
- * json-c would print them back verbatim and the payload would no longer be
- * JSON. json-c clamps integers beyond 64 bits to the int64/uint64 range; such a
- * value in event_data is carried through clamped, never wrapped.
+ * be one strict JSON object (jsonutil_parse(): json-c STRICT, strict UTF-8,
+ * nesting bounded, nothing but whitespace after it, no NUL byte), and numbers
+ * that json-c accepts but JSON forbids (NaN, Infinity, "1.", "-.5") are
+ * rejected because json-c would print them back verbatim and the payload would
+ * no longer be JSON. json-c clamps integers beyond 64 bits to the int64/uint64
+ * range; such a value in event_data is carried through clamped, never wrapped.
  *
  * The payload is built as a "head" (the object without its closing brace) by
  * concatenating json-c serialisations of the borrowed parts: no copy of the
@@ -27,10 +27,10 @@
  * smartrace_seal() once the journal has assigned it.
  */
 #include "race2mqtt/smartrace.h"
+#include "race2mqtt/jsonutil.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -122,218 +122,25 @@ static int sr_isdigit(char c)
     return c >= '0' && c <= '9';
 }
 
-/* RFC 8259 number grammar; json-c is laxer ("1.", "-.5", NaN, Infinity). */
-static bool sr_number_text_ok(const char *s)
-{
-    if (*s == '-')
-        s++;
-    if (*s == '0') {
-        s++;
-    } else if (sr_isdigit(*s)) {
-        while (sr_isdigit(*s))
-            s++;
-    } else {
-        return false;
-    }
-    if (*s == '.') {
-        s++;
-        if (!sr_isdigit(*s))
-            return false;
-        while (sr_isdigit(*s))
-            s++;
-    }
-    if (*s == 'e' || *s == 'E') {
-        s++;
-        if (*s == '+' || *s == '-')
-            s++;
-        if (!sr_isdigit(*s))
-            return false;
-        while (sr_isdigit(*s))
-            s++;
-    }
-    return *s == '\0';
-}
-
 /*
- * json-c keeps the source text of a parsed double as its userdata and prints
- * it back verbatim; a double without that text came from NaN/Infinity.
- * Recursion is bounded by the tokener's depth limit.
- */
-static bool sr_numbers_ok(struct json_object *o)
-{
-    switch (json_object_get_type(o)) {
-    case json_type_double: {
-        const char *text = json_object_get_userdata(o);
-        return text && sr_number_text_ok(text);
-    }
-    case json_type_object: {
-        struct json_object_iterator it = json_object_iter_begin(o);
-        struct json_object_iterator end = json_object_iter_end(o);
-        for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
-            if (!sr_numbers_ok(json_object_iter_peek_value(&it)))
-                return false;
-        }
-        return true;
-    }
-    case json_type_array: {
-        size_t n = json_object_array_length(o);
-        for (size_t i = 0; i < n; i++) {
-            if (!sr_numbers_ok(json_object_array_get_idx(o, i)))
-                return false;
-        }
-        return true;
-    }
-    default:
-        return true;
-    }
-}
-
-/*
- * Strict UTF-8 (RFC 3629): json-c's JSON_TOKENER_VALIDATE_UTF8 only checks the
- * byte pattern and lets overlong forms, UTF-16 surrogates and code points above
- * U+10FFFF through, which strict decoders on the subscriber side reject.
- * Returns the offset of the first bad byte, or len.
- */
-static size_t sr_utf8_check(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        /* ASCII runs dominate; test eight bytes at a time. */
-        if (i + 8 <= len) {
-            uint64_t w;
-            memcpy(&w, s + i, sizeof w);
-            if ((w & 0x8080808080808080ULL) == 0) {
-                i += 8;
-                continue;
-            }
-        }
-        unsigned char c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
-        if (c >= 0xC2 && c <= 0xDF) {
-            n = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            n = 3;
-            if (c == 0xE0)
-                lo = 0xA0;
-            else if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 4;
-            if (c == 0xF0)
-                lo = 0x90;
-            else if (c == 0xF4)
-                hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (len - i < n || s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t k = 2; k < n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return i;
-        }
-        i += n;
-    }
-    return len;
-}
-
-/*
- * Parses a[0..alen) followed by b[0..blen) (b may be empty) as one JSON text.
- * The second chunk lets a stored head be completed with "}" without copying it.
- * On success *out is owned by the caller.
+ * Parses a[0..alen) followed by b[0..blen) (b may be empty) as one strict JSON
+ * text (jsonutil.h). The second chunk lets a stored head be completed with "}"
+ * without copying it. On success *out is owned by the caller.
  */
 static enum sr_error sr_tokenize(const char *a, size_t alen, const char *b, size_t blen,
                                  struct json_object **out, char *detail, size_t detail_len)
 {
-    enum sr_error rc = SR_ERR_JSON;
-    struct json_object *obj = NULL;
-    struct json_tokener *tok = NULL;
-    const char *nul;
-
-    *out = NULL;
-    if (!a) {
-        a = "";
-        alen = 0;
+    switch (jsonutil_parse(a, alen, b, blen, SMARTRACE_MAX_DEPTH, out, detail, detail_len)) {
+    case JSONUTIL_OK:
+        return SR_OK;
+    case JSONUTIL_ERR_DEPTH:
+        return SR_ERR_DEPTH;
+    case JSONUTIL_ERR_NOMEM:
+        return SR_ERR_NOMEM;
+    case JSONUTIL_ERR_JSON:
+        break;
     }
-    if (alen > INT_MAX / 2 || blen > INT_MAX / 2) {
-        sr_detail(detail, detail_len, "invalid JSON: body too large");
-        goto done;
-    }
-    /* json-c stops at a NUL byte and would report success on the part before it. */
-    if ((nul = memchr(a, '\0', alen)) != NULL) {
-        sr_detail(detail, detail_len, "invalid JSON at byte %zu: NUL byte", (size_t)(nul - a));
-        goto done;
-    }
-    if (blen && memchr(b, '\0', blen)) {
-        sr_detail(detail, detail_len, "invalid JSON: NUL byte");
-        goto done;
-    }
-    size_t bad = sr_utf8_check((const unsigned char *)a, alen);
-    if (bad != alen || sr_utf8_check((const unsigned char *)b, blen) != blen) {
-        sr_detail(detail, detail_len, "invalid JSON at byte %zu: invalid UTF-8", bad);
-        goto done;
-    }
-    /* json-c counts the top level as one level, the header promises
-     * SMARTRACE_MAX_DEPTH levels of nesting. */
-    tok = json_tokener_new_ex(SMARTRACE_MAX_DEPTH + 1);
-    if (!tok) {
-        rc = SR_ERR_NOMEM;
-        sr_detail(detail, detail_len, "out of memory");
-        goto done;
-    }
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-
-    const char *chunk[3] = {a, b, " "};
-    size_t chunk_len[3] = {alen, blen, 1};
-    size_t offset = 0;
-    enum json_tokener_error jerr = json_tokener_continue;
-    for (int i = 0; i < 3 && jerr == json_tokener_continue; i++) {
-        if (i == 1 && blen == 0)
-            continue;
-        /* A lone top-level number or literal only ends at a delimiter; the
-         * trailing " " provides one and cannot complete anything else. */
-        obj = json_tokener_parse_ex(tok, chunk[i], (int)chunk_len[i]);
-        jerr = json_tokener_get_error(tok);
-        if (jerr == json_tokener_continue) {
-            offset += chunk_len[i];
-        } else if (jerr == json_tokener_success && i < 2 &&
-                   json_tokener_get_parse_end(tok) != chunk_len[i]) {
-            /* The terminator is not always consumed; it cannot hide garbage. */
-            jerr = json_tokener_error_parse_unexpected;
-        }
-    }
-    if (jerr != json_tokener_success) {
-        if (jerr == json_tokener_error_depth) {
-            rc = SR_ERR_DEPTH;
-            sr_detail(detail, detail_len, "JSON nested deeper than %d levels", SMARTRACE_MAX_DEPTH);
-        } else if (jerr == json_tokener_continue) {
-            sr_detail(detail, detail_len, "invalid JSON: truncated after %zu bytes", alen + blen);
-        } else {
-            sr_detail(detail, detail_len, "invalid JSON at byte %zu: %s",
-                      offset + json_tokener_get_parse_end(tok), json_tokener_error_desc(jerr));
-        }
-        goto done;
-    }
-    /* obj is NULL for a top-level JSON null; the caller reports "not an object". */
-    if (obj && !sr_numbers_ok(obj)) {
-        sr_detail(detail, detail_len,
-                  "invalid JSON: number not allowed (NaN, Infinity or "
-                  "malformed)");
-        goto done;
-    }
-    *out = obj;
-    obj = NULL;
-    rc = SR_OK;
-done:
-    json_object_put(obj);
-    if (tok) /* json-c 0.16 crashes on json_tokener_free(NULL) */
-        json_tokener_free(tok);
-    return rc;
+    return SR_ERR_JSON;
 }
 
 bool smartrace_int(struct json_object *v, int64_t *out)

@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config
-  libpaho-mqtt-dev libmicrohttpd-dev libjson-c-dev libinih-dev zlib1g-dev
+  libpaho-mqtt-dev libmicrohttpd-dev libjson-c-dev libinih-dev zlib1g-dev libcurl4-openssl-dev
   libcmocka-dev
   mosquitto mosquitto-clients
   python3 python3-paho-mqtt curl ca-certificates

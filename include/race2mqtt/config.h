@@ -16,6 +16,13 @@
 
 struct json_object;
 
+/* Where a device seen for the first time (no cursor yet) is read from. */
+enum config_rr_start {
+    CONFIG_RR_START_FILE, /* the beginning of its current file (default) */
+    CONFIG_RR_START_ALL,  /* file 1: everything the API still has */
+    CONFIG_RR_START_NEW,  /* only what arrives from now on */
+};
+
 /* MQTT protocol levels as paho numbers them. */
 enum config_mqtt_protocol { CONFIG_MQTT_311 = 4, CONFIG_MQTT_5 = 5 };
 
@@ -67,6 +74,13 @@ struct config {
         char *base_topic;
         char *commands_allowed; /* comma-separated command names, NULL = none */
         char *command_group;    /* NULL = plain subscription, else $share/<group>/... */
+        int amount;            /* detections per request, at most 10000 (the API's limit) */
+        int start;             /* enum config_rr_start: where a device without a cursor starts */
+        int recheck_s;         /* ask an idle device for detections at least this often */
+        int connect_timeout_ms;
+        int timeout_ms;        /* whole request */
+        int64_t max_response;  /* bytes; larger answers are refused */
+        char *ca_file;         /* PEM CA bundle for base_url; NULL = system store */
     } raceresult;
     struct {
         bool enabled;

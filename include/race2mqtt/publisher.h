@@ -16,18 +16,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "race2mqtt/mqtt.h"
 
 struct config;
 struct journal;
 struct ingest;
+struct mqtt;
 struct publisher;
 
 /* All arguments are borrowed and must outlive the publisher. NULL on no memory. */
 struct publisher *publisher_new(const struct config *cfg, struct journal *j, struct ingest *in);
 
-/* Callbacks for mqtt_new() that hand off to this publisher. */
-struct mqtt_callbacks publisher_mqtt_callbacks(struct publisher *p);
+/* MQTT hand-offs (paho threads; they only record and signal). Tags are the
+ * journal seqs this publisher published with. */
+void publisher_connected(struct publisher *p);
+void publisher_connection_lost(struct publisher *p);
+void publisher_delivered(struct publisher *p, uint64_t tag);
+void publisher_failed(struct publisher *p, uint64_t tag);
 
 /* Starts the thread that publishes through m (borrowed). */
 int publisher_start(struct publisher *p, struct mqtt *m, char *err, size_t errlen);

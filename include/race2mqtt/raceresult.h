@@ -1,0 +1,151 @@
+/*
+ * raceresult.h - the RACE RESULT devices REST API's JSON: device list ->
+ * normalised device status, detections -> passings, and the MQTT payloads
+ * of both. Pure: no I/O, no globals, no locks.
+ *
+ * Wire formats (reference/raceresult-rest-api.md, fixtures/raceresult/):
+ * - GET /customers/{cid}/devices answers {"Devices": [...]} with three record
+ *   shapes: Decoder and TrackBox (DeviceID, DeviceName, Connected, FileNo,
+ *   RecordsCount, BatteryCharge (-1 = no reading), Temperature, Position,
+ *   DecoderStatus / TrackboxStatus) and Ubidium (no DeviceType;
+ *   System.DeviceID, System.DeviceName, ConnStatus (0 disconnected,
+ *   1 connected, 2 bad connection), Data.FileNumber, Data.PassingNo, Power...).
+ * - GET .../devices/{dev}/detections answers an array mixing decoder passings
+ *   (PascalCase: FileNo, PassingNo, Code, RealTime, ...), Ubidium detections
+ *   (snake_case: no.file, no.no, transp.id, time, ...) and trackpings
+ *   (FileNo, TrackpingNo, Code, Time, ...).
+ * Time strings carry 0-9 fractional digits and "Z" or "+hh:mm"/"-hh:mm".
+ */
+#ifndef RACE2MQTT_RACERESULT_H
+#define RACE2MQTT_RACERESULT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "race2mqtt/topic.h"
+
+struct json_object;
+
+#define RR_MAX_DEPTH 32           /* JSON nesting accepted from the API */
+#define RR_ID_MAX 128             /* device id bytes kept (as sent, cut) */
+#define RR_PASSING_ID_MAX (RR_ID_MAX + 48)
+
+enum rr_error {
+    RR_OK = 0,
+    RR_ERR_JSON,  /* not JSON, truncated, trailing garbage, invalid UTF-8, too deep */
+    RR_ERR_SHAPE, /* JSON, but not the documented top-level shape */
+    RR_ERR_NOMEM,
+};
+
+/* A short English reason, never NULL. */
+const char *rr_strerror(enum rr_error err);
+
+enum rr_device_type { RR_DEVICE_UNKNOWN, RR_DEVICE_DECODER, RR_DEVICE_TRACKBOX, RR_DEVICE_UBIDIUM };
+
+/* "Decoder", "TrackBox", "Ubidium", "unknown". */
+const char *rr_device_type_name(enum rr_device_type t);
+
+struct rr_device {
+    char id[RR_ID_MAX + 1];              /* DeviceID / System.DeviceID, as sent (cut) */
+    char level[TOPIC_LEVEL_MAX + 1];     /* id sanitised as a topic level */
+    enum rr_device_type type;
+    bool connected;                      /* Connected, or ConnStatus == 1 */
+    /* Change detectors: the poller asks for detections only when one of these
+     * moved (and at a slow safety-net interval). */
+    bool has_file_no;
+    int64_t file_no;                     /* FileNo / Data.FileNumber */
+    bool has_records;
+    int64_t records;                     /* RecordsCount / Data.PassingNo */
+    struct json_object *raw;             /* borrowed from the list's root */
+};
+
+struct rr_device_list {
+    struct json_object *root; /* owned */
+    struct rr_device *devices;
+    size_t count;
+    size_t skipped;           /* records without a usable device id */
+};
+
+/*
+ * Parses a device list body. On success out owns what it holds (release with
+ * rr_device_list_cleanup()); records without a device id are counted in
+ * skipped, not fatal. detail (may be NULL) gets a one-line reason on error.
+ */
+enum rr_error rr_parse_devices(const char *body, size_t len, struct rr_device_list *out,
+                               char *detail, size_t detail_len);
+void rr_device_list_cleanup(struct rr_device_list *list);
+
+/*
+ * Thread use: a list and the payloads built from it belong to one thread at a
+ * time. Building a payload takes and drops json-c references on the borrowed
+ * raw records, and json-c's reference counts are not atomic.
+ */
+
+/*
+ * The retained status payload of SPEC section 3: device, name, type,
+ * connected, battery (null for -1 or absent), temperature, file, timing_mode,
+ * error_flags, position {latitude, longitude, altitude, flag} when present,
+ * and raw (the record as received). Returns malloc'd JSON text (caller frees)
+ * and its length, or NULL on no memory.
+ */
+char *rr_status_payload(const struct rr_device *dev, size_t *len);
+
+enum rr_record_kind { RR_PASSING, RR_UBIDIUM_DETECTION, RR_TRACKPING };
+
+struct rr_passing {
+    enum rr_record_kind kind;
+    int64_t file;                        /* file number */
+    int64_t no;                          /* detection number within the file */
+    struct json_object *raw;             /* borrowed from the list's root */
+};
+
+struct rr_passing_list {
+    struct json_object *root; /* owned */
+    struct rr_passing *items; /* in the order received */
+    size_t count;
+    size_t skipped;           /* records without a usable file and number */
+};
+
+/*
+ * Parses a detections body (a JSON array). Records whose file or number is
+ * missing or not a positive integer are counted in skipped; all others are
+ * kept in order. Release with rr_passing_list_cleanup().
+ */
+enum rr_error rr_parse_detections(const char *body, size_t len, struct rr_passing_list *out,
+                                  char *detail, size_t detail_len);
+void rr_passing_list_cleanup(struct rr_passing_list *list);
+
+/*
+ * The passing payload of SPEC section 3: id ("<device>/<file>/<no>", device as
+ * given), device, file, no, kind ("passing", "detection", "trackping"),
+ * transponder, time (as sent), time_ms (UTC epoch ms when the time parses),
+ * loop, channel, hits, rssi, battery (volts) when present, and raw. device is
+ * the id the poller asked for (the record's own id is in raw). Returns
+ * malloc'd JSON text (caller frees), or NULL on no memory.
+ */
+char *rr_passing_payload(const struct rr_passing *p, const char *device, size_t *len);
+
+/* Writes "<device>/<file>/<no>" into out (RR_PASSING_ID_MAX + 1 bytes). */
+void rr_passing_id(char *out, size_t cap, const char *device, int64_t file, int64_t no);
+
+/*
+ * Parses an RFC 3339 time as the API writes it ("2025-05-18T15:01:36.499868446+01:00",
+ * 0-9 fractional digits, "Z" or a +hh:mm / -hh:mm offset) into UTC nanoseconds
+ * since the epoch. Returns 0, or -1 for anything else (nothing written).
+ * int64 nanoseconds only reach 1677-09-21..2262-04-11: a valid time outside
+ * that range (the API writes years 0000/0001 for zero-start run-time devices)
+ * also returns -1 here; rr_parse_time_parts() takes those.
+ */
+int rr_parse_time(const char *s, int64_t *utc_ns);
+
+/*
+ * The same grammar, any year 0000-9999: whole UTC seconds since the epoch
+ * (negative before 1970) and the nanoseconds within that second (0..999999999,
+ * so the instant is *utc_sec + *nsec / 1e9 even before 1970). A leap second
+ * ":60" is accepted and counts as the next second. Returns 0, or -1 (nothing
+ * written).
+ */
+int rr_parse_time_parts(const char *s, int64_t *utc_sec, int32_t *nsec);
+
+#endif

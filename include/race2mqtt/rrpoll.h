@@ -1,0 +1,42 @@
+/*
+ * rrpoll.h - polls the RACE RESULT devices REST API and publishes device status
+ * and every passing, resuming exactly where it left off.
+ *
+ * One thread: every raceresult.poll_interval_ms it reads the device list,
+ * publishes <base>/<device>/status and /availability (retained, on change and
+ * after every reconnect), and asks for detections where a device's counters
+ * moved (or at least every raceresult.recheck_s). Passings go out at QoS 1;
+ * a device's cursor moves past a passing only once the broker acknowledged it
+ * and every passing before it, and is then stored on disk.
+ */
+#ifndef RACE2MQTT_RRPOLL_H
+#define RACE2MQTT_RRPOLL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct mqtt;
+struct rest_auth;
+struct rrpoll;
+
+/* Publish tags of the poller carry this bit; the rest belong to the journal. */
+#define RRPOLL_TAG_BIT (UINT64_C(1) << 63)
+
+/* cfg and auth are borrowed and must outlive the poller. NULL on no memory. */
+struct rrpoll *rrpoll_new(const struct config *cfg, struct rest_auth *auth);
+
+/* Creates <store.dir>/raceresult and starts the thread publishing through m. */
+int rrpoll_start(struct rrpoll *p, struct mqtt *m, char *err, size_t errlen);
+
+/* Stops the thread (an API request in progress is cancelled). Safe twice. */
+void rrpoll_stop(struct rrpoll *p);
+void rrpoll_free(struct rrpoll *p);
+
+/* MQTT hand-offs (paho threads; they only record and signal). */
+void rrpoll_connected(struct rrpoll *p);
+void rrpoll_connection_lost(struct rrpoll *p);
+void rrpoll_delivered(struct rrpoll *p, uint64_t tag);
+void rrpoll_failed(struct rrpoll *p, uint64_t tag);
+
+#endif
