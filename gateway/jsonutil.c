@@ -6,6 +6,7 @@
 #include "race2mqtt/jsonutil.h"
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -150,6 +151,38 @@ size_t jsonutil_utf8_check(const unsigned char *s, size_t len)
     return len;
 }
 
+/* Lexical state carried across chunks by ju_quote_scan(). */
+struct ju_lex {
+    bool in_string;
+    bool escape;
+};
+
+/*
+ * json-c 0.16 with JSON_TOKENER_STRICT still takes a single-quoted object key
+ * ({'a':1}) although it refuses single-quoted values. Outside a double-quoted
+ * string a single quote is never JSON, so one pass finds it. Returns the
+ * offset of the first such quote in s[0..len), or len.
+ */
+static size_t ju_quote_scan(struct ju_lex *lx, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (lx->in_string) {
+            if (lx->escape)
+                lx->escape = false;
+            else if (c == '\\')
+                lx->escape = true;
+            else if (c == '"')
+                lx->in_string = false;
+        } else if (c == '"') {
+            lx->in_string = true;
+        } else if (c == '\'') {
+            return i;
+        }
+    }
+    return len;
+}
+
 enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, size_t blen,
                                    int max_depth, struct json_object **out, char *detail,
                                    size_t detail_len)
@@ -223,6 +256,12 @@ enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, si
             ju_detail(detail, detail_len, "invalid JSON at byte %zu: %s",
                       offset + json_tokener_get_parse_end(tok), json_tokener_error_desc(jerr));
         }
+        goto done;
+    }
+    struct ju_lex lx = {false, false};
+    if ((bad = ju_quote_scan(&lx, a, alen)) != alen ||
+        (blen && (bad = alen + ju_quote_scan(&lx, b, blen)) != alen + blen)) {
+        ju_detail(detail, detail_len, "invalid JSON at byte %zu: single quote", bad);
         goto done;
     }
     if (obj && !jsonutil_numbers_ok(obj)) {

@@ -135,8 +135,9 @@ static bool rr_has(struct json_object *o, const char *key)
     return json_object_is_type(o, json_type_object) && json_object_object_get_ex(o, key, NULL);
 }
 
-/* An int or a double (json-c keeps the source text of both, so sharing the
- * object prints the number exactly as the API sent it). */
+/* An int or a double. Sharing the object keeps the number as sent: json-c
+ * prints a parsed double from its source text ("21.48", not 21.480000000000001)
+ * and an int64 exactly. */
 static struct json_object *rr_get_number(struct json_object *o, const char *key)
 {
     struct json_object *v = rr_get(o, key, json_type_int);
@@ -239,7 +240,6 @@ static bool rr_device_from(struct rr_device *d, struct json_object *rec)
     struct json_object *system = rr_get(rec, "System", json_type_object);
     struct json_object *data = rr_get(rec, "Data", json_type_object);
     struct json_object *v;
-    int64_t i;
 
     memset(d, 0, sizeof *d);
     if (!json_object_is_type(rec, json_type_object))
@@ -260,11 +260,11 @@ static bool rr_device_from(struct rr_device *d, struct json_object *rec)
 
     if ((v = rr_get(rec, "Connected", json_type_boolean)) != NULL)
         d->connected = json_object_get_boolean(v);
-    else if (rr_member_int(rec, "ConnStatus", &i))
-        d->connected = i == 1; /* 2 is "bad connection": not reachable either */
+    else if ((v = rr_get(rec, "ConnStatus", json_type_int)) != NULL)
+        d->connected = json_object_get_int64(v) == 1; /* 2 is "bad connection" */
 
-    d->has_file_no = rr_member_int(rec, "FileNo", &d->file_no) ||
-                     rr_member_int(data, "FileNumber", &d->file_no);
+    d->has_file_no =
+        rr_member_int(rec, "FileNo", &d->file_no) || rr_member_int(data, "FileNumber", &d->file_no);
     d->has_records = rr_member_int(rec, "RecordsCount", &d->records) ||
                      rr_member_int(data, "PassingNo", &d->records);
     d->raw = rec;
@@ -414,8 +414,7 @@ static struct json_object *rr_status_battery(struct json_object *rec)
         struct json_object *pack = rr_get(power, packs[i], json_type_object);
         struct json_object *installed = rr_get(pack, "Installed", json_type_boolean);
         v = rr_get_number(pack, "Level");
-        if (installed && json_object_get_boolean(installed) && v &&
-            json_object_get_double(v) >= 0)
+        if (installed && json_object_get_boolean(installed) && v && json_object_get_double(v) >= 0)
             return v;
     }
     return NULL;
@@ -494,8 +493,7 @@ static bool rr_passing_from(struct rr_passing *p, struct json_object *rec)
             return false;
     } else if (rr_has(rec, "TrackpingNo")) {
         p->kind = RR_TRACKPING;
-        if (!rr_member_int(rec, "FileNo", &p->file) ||
-            !rr_member_int(rec, "TrackpingNo", &p->no))
+        if (!rr_member_int(rec, "FileNo", &p->file) || !rr_member_int(rec, "TrackpingNo", &p->no))
             return false;
     } else if (rr_has(rec, "PassingNo")) {
         p->kind = RR_PASSING;
@@ -574,8 +572,7 @@ void rr_passing_id(char *out, size_t cap, const char *device, int64_t file, int6
         return;
     if (!device)
         device = "";
-    snprintf(out, cap, "%.*s/%" PRId64 "/%" PRId64, (int)rr_device_len(device), device, file,
-             no);
+    snprintf(out, cap, "%.*s/%" PRId64 "/%" PRId64, (int)rr_device_len(device), device, file, no);
 }
 
 /* Tenths of a volt as a JSON number with exactly that text ("3.1", not
@@ -608,8 +605,9 @@ static bool rr_time_ms(struct json_object *time, int64_t *ms)
 
 char *rr_passing_payload(const struct rr_passing *p, const char *device, size_t *len)
 {
-    static const char *const kinds[] = {
-        [RR_PASSING] = "passing", [RR_UBIDIUM_DETECTION] = "detection", [RR_TRACKPING] = "trackping"};
+    static const char *const kinds[] = {[RR_PASSING] = "passing",
+                                        [RR_UBIDIUM_DETECTION] = "detection",
+                                        [RR_TRACKPING] = "trackping"};
     struct json_object *rec = p->raw;
     struct json_object *transponder, *time, *loop, *channel, *hits, *rssi, *battery = NULL;
     char id[RR_PASSING_ID_MAX + 1];
@@ -628,8 +626,8 @@ char *rr_passing_payload(const struct rr_passing *p, const char *device, size_t 
         channel = rr_get(act, "channel", json_type_int);
         hits = rr_get(rec, "hits", json_type_int);
         rssi = rr_get(rec, "rssi", json_type_int);
-        struct json_object *bat = rr_get(rr_get(transp, "active", json_type_object), "bat",
-                                         json_type_int);
+        struct json_object *bat =
+            rr_get(rr_get(transp, "active", json_type_object), "bat", json_type_int);
         has_decivolts = bat && rr_int(bat, &decivolts);
     } else {
         transponder = rr_get(rec, "Code", json_type_string);
@@ -697,8 +695,7 @@ int rr_parse_time_parts(const char *s, int64_t *utc_sec, int32_t *nsec)
         return -1;
     if (!rr_digits(s, 4, &year) || s[4] != '-' || !rr_digits(s + 5, 2, &mon) || s[7] != '-' ||
         !rr_digits(s + 8, 2, &day) || s[10] != 'T' || !rr_digits(s + 11, 2, &hour) ||
-        s[13] != ':' || !rr_digits(s + 14, 2, &min) || s[16] != ':' ||
-        !rr_digits(s + 17, 2, &sec))
+        s[13] != ':' || !rr_digits(s + 14, 2, &min) || s[16] != ':' || !rr_digits(s + 17, 2, &sec))
         return -1;
     const char *p = s + 19;
     if (*p == '.') {
@@ -748,8 +745,14 @@ int rr_parse_time(const char *s, int64_t *utc_ns)
     int64_t sec, ns;
     int32_t nsec;
 
-    if (rr_parse_time_parts(s, &sec, &nsec) != 0 ||
-        __builtin_mul_overflow(sec, (int64_t)1000000000, &ns) ||
+    if (rr_parse_time_parts(s, &sec, &nsec) != 0)
+        return -1;
+    /* Borrow a second before 1970 so that INT64_MIN itself stays reachable. */
+    if (sec < 0 && nsec > 0) {
+        sec++;
+        nsec -= 1000000000;
+    }
+    if (__builtin_mul_overflow(sec, (int64_t)1000000000, &ns) ||
         __builtin_add_overflow(ns, (int64_t)nsec, &ns))
         return -1;
     *utc_ns = ns;

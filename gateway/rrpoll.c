@@ -478,7 +478,8 @@ static bool fetch_page(struct rrpoll *p, struct device *d)
     }
     /* A full page means more may wait; one with nothing new cannot be trusted
      * to move on, so it ends the round. */
-    d->more = n > 0 && k == n && list.count >= (size_t)p->cfg->raceresult.amount;
+    d->more = n > 0 && k == n &&
+              list.count + list.skipped >= (size_t)p->cfg->raceresult.amount;
     ok = k == n;
     if (n > 0)
         log_debug("raceresult: device %s: %zu of %zu passings acknowledged, next %lld/%lld",

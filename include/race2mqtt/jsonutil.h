@@ -8,7 +8,9 @@
  * JSON_TOKENER_VALIDATE_UTF8 lets overlong forms, surrogates and code points
  * above U+10FFFF through, and it accepts NaN, Infinity, "1." and "-.5", which
  * it later prints back verbatim so that a re-serialised payload is no longer
- * JSON. jsonutil_parse() closes all of these in one place.
+ * JSON; even in STRICT mode it takes a single-quoted object key. jsonutil_parse()
+ * closes all of these in one place. Raw control characters inside strings are
+ * tolerated: json-c takes them and always writes them back escaped.
  */
 #ifndef RACE2MQTT_JSONUTIL_H
 #define RACE2MQTT_JSONUTIL_H
@@ -27,8 +29,9 @@ enum jsonutil_error {
 
 /*
  * Parses a[0..alen) followed by b[0..blen) (b may be NULL/empty) as exactly one
- * strict JSON text: json-c STRICT, strict UTF-8, no NUL byte, only whitespace
- * after the value, RFC 8259 numbers only, at most max_depth levels of
+ * strict JSON text: json-c STRICT, strict UTF-8, no NUL byte, no single quote
+ * outside a string, only whitespace after the value, RFC 8259 numbers only, at
+ * most max_depth levels of
  * containers. The second chunk lets a caller complete a stored prefix without
  * copying it. On success *out is the caller's to json_object_put() (NULL for
  * a top-level JSON null). detail (may be NULL) gets a one-line reason that

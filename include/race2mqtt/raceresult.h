@@ -27,8 +27,8 @@
 
 struct json_object;
 
-#define RR_MAX_DEPTH 32           /* JSON nesting accepted from the API */
-#define RR_ID_MAX 128             /* device id bytes kept (as sent, cut) */
+#define RR_MAX_DEPTH 32 /* JSON nesting accepted from the API */
+#define RR_ID_MAX 128   /* device id bytes kept (as sent, cut) */
 #define RR_PASSING_ID_MAX (RR_ID_MAX + 48)
 
 enum rr_error {
@@ -47,30 +47,34 @@ enum rr_device_type { RR_DEVICE_UNKNOWN, RR_DEVICE_DECODER, RR_DEVICE_TRACKBOX, 
 const char *rr_device_type_name(enum rr_device_type t);
 
 struct rr_device {
-    char id[RR_ID_MAX + 1];              /* DeviceID / System.DeviceID, as sent (cut) */
-    char level[TOPIC_LEVEL_MAX + 1];     /* id sanitised as a topic level */
+    char id[RR_ID_MAX + 1];          /* DeviceID / System.DeviceID, as sent (cut) */
+    char level[TOPIC_LEVEL_MAX + 1]; /* id sanitised as a topic level */
     enum rr_device_type type;
-    bool connected;                      /* Connected, or ConnStatus == 1 */
+    bool connected; /* Connected, or ConnStatus == 1 */
     /* Change detectors: the poller asks for detections only when one of these
      * moved (and at a slow safety-net interval). */
     bool has_file_no;
-    int64_t file_no;                     /* FileNo / Data.FileNumber */
+    int64_t file_no; /* FileNo / Data.FileNumber */
     bool has_records;
-    int64_t records;                     /* RecordsCount / Data.PassingNo */
-    struct json_object *raw;             /* borrowed from the list's root */
+    int64_t records;         /* RecordsCount / Data.PassingNo */
+    struct json_object *raw; /* borrowed from the list's root */
 };
 
 struct rr_device_list {
     struct json_object *root; /* owned */
     struct rr_device *devices;
     size_t count;
-    size_t skipped;           /* records without a usable device id */
+    size_t skipped; /* records without a usable device id */
 };
 
 /*
  * Parses a device list body. On success out owns what it holds (release with
  * rr_device_list_cleanup()); records without a device id are counted in
- * skipped, not fatal. detail (may be NULL) gets a one-line reason on error.
+ * skipped, not fatal. detail (may be NULL) gets a one-line reason on error
+ * (never input text). "Devices": null is an empty list (Go's empty slice).
+ * A device id is a non-empty string without NUL or a JSON integer (printed in
+ * decimal); counters are JSON integers or decimal digit strings; a field of
+ * the wrong type counts as absent. On error out is zeroed (cleanup harmless).
  */
 enum rr_error rr_parse_devices(const char *body, size_t len, struct rr_device_list *out,
                                char *detail, size_t detail_len);
@@ -88,6 +92,12 @@ void rr_device_list_cleanup(struct rr_device_list *list);
  * error_flags, position {latitude, longitude, altitude, flag} when present,
  * and raw (the record as received). Returns malloc'd JSON text (caller frees)
  * and its length, or NULL on no memory.
+ * Every member is always there, null when the record lacks it: battery is
+ * BatteryCharge >= 0 or an installed Ubidium battery's Level; timing_mode is
+ * DecoderStatus.IsInTimingMode (bool), TrackboxStatus.ReaderStatus (string) or
+ * null; position is null unless Latitude/Longitude are numbers other than
+ * 0/0 (Go's zero value); firmware is DecoderStatus.Firmware or System.Firmware.
+ * Numbers are copied with the text the API sent. len may be NULL.
  */
 char *rr_status_payload(const struct rr_device *dev, size_t *len);
 
@@ -95,22 +105,26 @@ enum rr_record_kind { RR_PASSING, RR_UBIDIUM_DETECTION, RR_TRACKPING };
 
 struct rr_passing {
     enum rr_record_kind kind;
-    int64_t file;                        /* file number */
-    int64_t no;                          /* detection number within the file */
-    struct json_object *raw;             /* borrowed from the list's root */
+    int64_t file;            /* file number */
+    int64_t no;              /* detection number within the file */
+    struct json_object *raw; /* borrowed from the list's root */
 };
 
 struct rr_passing_list {
     struct json_object *root; /* owned */
     struct rr_passing *items; /* in the order received */
     size_t count;
-    size_t skipped;           /* records without a usable file and number */
+    size_t skipped; /* records without a usable file and number */
 };
 
 /*
  * Parses a detections body (a JSON array). Records whose file or number is
  * missing or not a positive integer are counted in skipped; all others are
  * kept in order. Release with rr_passing_list_cleanup().
+ * A record with a "no" object is an Ubidium detection, else one with
+ * "TrackpingNo" a trackping, else one with "PassingNo" a decoder passing.
+ * Numbers are JSON integers or decimal digit strings ("12"). A top-level null
+ * is an empty page. A page of N records has count + skipped == N.
  */
 enum rr_error rr_parse_detections(const char *body, size_t len, struct rr_passing_list *out,
                                   char *detail, size_t detail_len);
@@ -123,6 +137,11 @@ void rr_passing_list_cleanup(struct rr_passing_list *list);
  * loop, channel, hits, rssi, battery (volts) when present, and raw. device is
  * the id the poller asked for (the record's own id is in raw). Returns
  * malloc'd JSON text (caller frees), or NULL on no memory.
+ * Every member is always there, null when the record lacks it or has the
+ * wrong type. time_ms is rounded down (also before 1970) and covers the years
+ * 0000/0001 of zero-start devices. device is cut at RR_ID_MAX and at its first
+ * invalid UTF-8 byte (same cut in id and device); NULL counts as "". Parse an
+ * id from the right: a device id may contain '/'. len may be NULL.
  */
 char *rr_passing_payload(const struct rr_passing *p, const char *device, size_t *len);
 

@@ -919,3 +919,269 @@ def delivery_report(test, sub, answered, topic, label, show_dups=True):
 
 def main():
     unittest.main(verbosity=2)
+
+
+# ---------------------------------------------------------------------------
+# RACE RESULT (SPEC section 3): the fake API (tests/fakerr), the gateway's
+# [raceresult] config, and a collector that checks every passing a subscriber
+# receives against the spec, independently of the gateway's code.
+# ---------------------------------------------------------------------------
+
+FAKERR_DIR = os.path.join(REPO, "tests", "fakerr")
+RR_CURSOR_RE = re.compile(r"^([0-9]+) ([0-9]+)\n$")
+
+
+def fake_raceresult(**kw):
+    """A started FakeRaceResult (tests/fakerr/fake_raceresult.py); stop() it."""
+    if FAKERR_DIR not in sys.path:
+        sys.path.insert(0, FAKERR_DIR)
+    from fake_raceresult import FakeRaceResult
+    return FakeRaceResult(**kw).start()
+
+
+class _Stoppable:
+    """Lets IntegrationCase.track() clean up objects with a stop() method."""
+
+    name = "fakerr"
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def cleanup(self):
+        try:
+            self.obj.stop()
+        except Exception:  # noqa: BLE001 - cleanup must go on
+            pass
+
+
+def rr_extra(fake, api_key, customer, **keys):
+    """extra= for Gateway: [raceresult] pointing at fake; keys override/add."""
+    sec = {"enabled": "true", "base_url": fake.url, "customer_id": str(customer),
+           "api_key": api_key, "poll_interval_ms": "200"}
+    sec.update({k: str(v) for k, v in keys.items()})
+    return {"raceresult": sec}
+
+
+def rr_ids(device, files, first=(1, 1)):
+    """Expected ids, in order: files {file: count}; (file, no) to start at."""
+    out = []
+    for f in sorted(int(k) for k in files):
+        n = int(files[f] if f in files else files[str(f)])
+        for no in range(1, n + 1):
+            if (f, no) >= tuple(first):
+                out.append("%s/%d/%d" % (device, f, no))
+    return out
+
+
+def rfc3339_ms(text):
+    """Milliseconds since the epoch (floor) of an RFC 3339 time with 0-9
+    fractional digits and Z or +hh:mm / -hh:mm; None if it is not one."""
+    import calendar
+    m = re.match(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+                 r"(Z|[+-]\d{2}:\d{2})$", text or "")
+    if not m:
+        return None
+    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+    frac = (m.group(7) or "").ljust(9, "0")
+    sec = calendar.timegm((y, mo, d, h, mi, min(s, 59), 0, 0, 0))
+    tz = m.group(8)
+    if tz != "Z":
+        off = int(tz[1:3]) * 3600 + int(tz[4:6]) * 60
+        sec -= off if tz[0] == "+" else -off
+    return sec * 1000 + int(frac) // 1000000
+
+
+def rr_expected_passing(rec):
+    """The common payload fields SPEC section 3 derives from a detection record
+    (None = absent from the record), by record shape."""
+    def dig(o, *keys):
+        for k in keys:
+            if not isinstance(o, dict) or k not in o:
+                return None
+            o = o[k]
+        return o
+    if isinstance(rec.get("no"), dict):            # Ubidium detection (snake_case)
+        bat = dig(rec, "transp", "active", "bat")
+        return {"kind": "detection", "file": rec["no"]["file"], "no": rec["no"]["no"],
+                "transponder": dig(rec, "transp", "id"), "time": rec.get("time"),
+                "loop": dig(rec, "act_data", "loop_id"),
+                "channel": dig(rec, "act_data", "channel"), "hits": rec.get("hits"),
+                "rssi": rec.get("rssi"), "battery": None if bat is None else bat / 10}
+    if "TrackpingNo" in rec:
+        return {"kind": "trackping", "file": rec["FileNo"], "no": rec["TrackpingNo"],
+                "transponder": rec.get("Code"), "time": rec.get("Time"),
+                "loop": rec.get("LoopID"), "channel": rec.get("Channel"),
+                "hits": rec.get("Hits"), "rssi": rec.get("RSSI"), "battery": rec.get("Battery")}
+    return {"kind": "passing", "file": rec["FileNo"], "no": rec["PassingNo"],
+            "transponder": rec.get("Code"), "time": rec.get("RealTime"),
+            "loop": rec.get("LoopID"), "channel": rec.get("Channel"), "hits": rec.get("Hits"),
+            "rssi": rec.get("RSSI"), "battery": rec.get("Battery")}
+
+
+class PassingCollector:
+    """Reads raceresult/<device>/passing messages from a Subscriber as they
+    arrive (each payload parsed once, outside the subscriber's lock) and checks
+    each one: QoS 1, not retained, JSON object whose id is "<device>/<file>/<no>"
+    and whose device matches the topic. problems lists what was wrong."""
+
+    def __init__(self, sub, base="raceresult"):
+        self.sub = sub
+        self.rx = re.compile(r"^%s/([^/]+)/passing$" % re.escape(base))
+        self.pos = 0
+        self.count = {}       # id -> times received
+        self.first = {}       # id -> (Message, payload dict) of the first arrival
+        self.order = {}       # device -> ids in order of first arrival
+        self.total = 0
+        self.problems = []
+        self.t_first = self.t_last = None
+
+    def update(self):
+        with self.sub.cond:
+            new = self.sub.messages[self.pos:]
+            self.pos += len(new)
+        for m in new:
+            mt = self.rx.match(m.topic)
+            if not mt:
+                continue
+            self.total += 1
+            self.t_first = self.t_first or m.t
+            self.t_last = m.t
+            try:
+                p = json.loads(m.payload.decode("utf-8"))
+            except ValueError as e:
+                self.problems.append("%s: payload is not JSON (%s): %r" % (m.topic, e,
+                                                                           m.payload[:200]))
+                continue
+            pid = p.get("id") if isinstance(p, dict) else None
+            if not isinstance(pid, str):
+                self.problems.append("%s: no string id: %r" % (m.topic, m.payload[:200]))
+                continue
+            if m.qos != 1:
+                self.problems.append("%s %s: QoS %d, want 1" % (m.topic, pid, m.qos))
+            if m.retain:
+                self.problems.append("%s %s: retained" % (m.topic, pid))
+            dev = p.get("device")
+            if dev != mt.group(1) or pid != "%s/%s/%s" % (dev, p.get("file"), p.get("no")):
+                self.problems.append("%s: id/device/file/no inconsistent: %r"
+                                     % (m.topic, {k: p.get(k) for k in ("id", "device", "file",
+                                                                       "no")}))
+            n = self.count.get(pid, 0)
+            self.count[pid] = n + 1
+            if n == 0:
+                self.first[pid] = (m, p)
+                self.order.setdefault(dev, []).append(pid)
+
+    def wait_ids(self, ids, timeout):
+        """Waits until every id in ids arrived; returns the missing ones."""
+        ids = set(ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.update()
+            missing = ids.difference(self.count)
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            time.sleep(0.05)
+
+    def wait_total(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            self.update()
+            if self.total >= n or time.monotonic() >= deadline:
+                return self.total
+            time.sleep(0.02)
+
+    def duplicates(self, ids=None):
+        keys = self.count if ids is None else [i for i in ids if i in self.count]
+        return sum(self.count[i] - 1 for i in keys)
+
+    def settle(self, quiet=0.5, timeout=10):
+        """Waits until no passing arrived for `quiet` seconds."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        t_change = time.monotonic()
+        while time.monotonic() < deadline:
+            self.update()
+            if self.total != last:
+                last = self.total
+                t_change = time.monotonic()
+            elif time.monotonic() - t_change >= quiet:
+                return
+            time.sleep(0.05)
+
+    def check(self, test, expected, fake=None, label="passings", check_all_raw=True):
+        """Asserts: no problems, every expected id arrived, no unexpected id,
+        first arrivals in order per device (expected gives the order), and when
+        fake is given, raw == fake.detection() for every first arrival and the
+        common fields equal what SPEC section 3 derives from the record."""
+        self.update()
+        test.assertEqual(self.problems[:20], [], "%s: bad passing messages (%d)"
+                         % (label, len(self.problems)))
+        missing = [i for i in expected if i not in self.count]
+        test.assertEqual(missing[:20], [], "%s: %d of %d ids never delivered"
+                         % (label, len(missing), len(expected)))
+        exp_set = set(expected)
+        extra = [i for i in self.count if i not in exp_set]
+        test.assertEqual(sorted(extra)[:20], [], "%s: %d unexpected ids delivered"
+                         % (label, len(extra)))
+        rank = {i: k for k, i in enumerate(expected)}
+        for dev, ids in self.order.items():
+            inv = [(a, b) for a, b in zip(ids, ids[1:]) if rank[b] < rank[a]]
+            test.assertEqual(inv[:10], [], "%s: device %s: first arrivals out of order "
+                             "(%d inversions)" % (label, dev, len(inv)))
+        if fake is not None:
+            bad = []
+            for pid in expected if check_all_raw else expected[:: max(1, len(expected) // 500)]:
+                _, p = self.first[pid]
+                rec = fake.detection(p["device"], p["file"], p["no"])
+                if p.get("raw") != rec:
+                    bad.append((pid, "raw", p.get("raw"), rec))
+                    continue
+                exp = rr_expected_passing(rec)
+                exp["time_ms"] = rfc3339_ms(exp["time"])
+                for k, v in exp.items():
+                    got = p.get(k)
+                    if got != v or type(got) != type(v):
+                        bad.append((pid, k, got, v))
+                if len(bad) > 20:
+                    break
+            test.assertEqual(bad[:10], [], "%s: payload fields differ from the API record "
+                             "(id, field, got, want)" % label)
+
+    def summary(self, label, expected):
+        dups = self.duplicates()
+        secs = (self.t_last - self.t_first) if self.t_first else 0.0
+        delivered = len([i for i in expected if i in self.count])
+        print("%s: passings=%d delivered=%d duplicates=%d seconds=%.2f rate=%.0f/s"
+              % (label, len(expected), delivered, dups, secs,
+                 self.total / secs if secs > 0 else 0.0))
+        return delivered, dups, secs
+
+
+def rr_read_cursors(store_dir):
+    """{device level: (file, next_no)} from <store>/raceresult/*.cursor;
+    raises AssertionError on a file that is not "<file> <next>\\n"."""
+    d = os.path.join(store_dir, "raceresult")
+    out = {}
+    if not os.path.isdir(d):
+        return out
+    for n in sorted(os.listdir(d)):
+        if not n.endswith(".cursor"):
+            continue
+        with open(os.path.join(d, n), "rb") as f:
+            text = f.read().decode("ascii", "replace")
+        m = RR_CURSOR_RE.match(text)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise AssertionError("cursor file %s is not '<file> <next>\\n': %r" % (n, text))
+        out[n[:-len(".cursor")]] = (int(m.group(1)), int(m.group(2)))
+    return out
+
+
+def log_lines(path, pattern):
+    """Lines of a log file that match the regular expression pattern."""
+    rx = re.compile(pattern)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if rx.search(line)]
