@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -31,28 +33,12 @@
 
 /* ---- helpers ----------------------------------------------------------- */
 
+/* Our own fixtures must exist: a missing one fails the test. */
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    char *buf = test_slurp(path, len);
+    if (!buf)
         fail_msg("cannot open %s", path);
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n + 4096 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *p = realloc(buf, cap);
-            assert_non_null(p);
-            buf = p;
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = n;
     return buf;
 }
 

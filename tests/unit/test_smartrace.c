@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -31,27 +33,7 @@
 
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n + 4096 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *p = realloc(buf, cap);
-            assert_non_null(p);
-            buf = p;
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = n;
-    return buf;
+    return test_slurp(path, len);
 }
 
 /* Seals msg with seq and parses the result; the caller puts it. */
@@ -254,7 +236,7 @@ static int check_dir(const char *dir)
             continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        size_t len;
+        size_t len = 0;
         char *body = slurp(path, &len);
         assert_non_null(body);
         check_body(de->d_name, body, len);
@@ -332,7 +314,7 @@ static void test_fixture_topics_and_fields(void **state)
         const struct fixture_expect *x = &fixture_expects[i];
         char path[4096];
         snprintf(path, sizeof path, "%s/smartrace/%s", R2M_FIXTURES, x->file);
-        size_t len;
+        size_t len = 0;
         char *body = slurp(path, &len);
         if (!body)
             fail_msg("missing fixture %s", path);
