@@ -74,7 +74,7 @@ struct config {
         char *base_topic;
         char *commands_allowed; /* comma-separated command names, NULL = none */
         char *command_group;    /* NULL = plain subscription, else $share/<group>/... */
-        int amount;            /* detections per request, at most 10000 (the API's limit) */
+        int amount;            /* detections per request (default 1000), at most 10000 (the API's limit) */
         int start;             /* enum config_rr_start: where a device without a cursor starts */
         int recheck_s;         /* ask an idle device for detections at least this often */
         int connect_timeout_ms;
