@@ -162,12 +162,26 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         "race2mqtt_mqtt_publish_failed_total %llu\n"
         "# HELP race2mqtt_state_published_total Retained state messages published.\n"
         "# TYPE race2mqtt_state_published_total counter\n"
-        "race2mqtt_state_published_total %llu\n",
+        "race2mqtt_state_published_total %llu\n"
+        "# HELP race2mqtt_raceresult_passings_total RACE RESULT passings acknowledged by the "
+        "broker.\n"
+        "# TYPE race2mqtt_raceresult_passings_total counter\n"
+        "race2mqtt_raceresult_passings_total %llu\n"
+        "# HELP race2mqtt_raceresult_requests_total REST API requests answered.\n"
+        "# TYPE race2mqtt_raceresult_requests_total counter\n"
+        "race2mqtt_raceresult_requests_total %llu\n"
+        "# HELP race2mqtt_raceresult_errors_total REST API requests that failed (network, "
+        "timeout, HTTP error, invalid answer).\n"
+        "# TYPE race2mqtt_raceresult_errors_total counter\n"
+        "race2mqtt_raceresult_errors_total %llu\n",
         (unsigned long long)get(&counters[METRIC_EVENTS_REJECTED]),
         (unsigned long long)get(&counters[METRIC_EVENTS_REFUSED]),
         (unsigned long long)get(&counters[METRIC_JOURNAL_COMMITS]),
         (unsigned long long)get(&counters[METRIC_MQTT_PUBLISH_FAILED]),
-        (unsigned long long)get(&counters[METRIC_STATE_PUBLISHED]));
+        (unsigned long long)get(&counters[METRIC_STATE_PUBLISHED]),
+        (unsigned long long)get(&counters[METRIC_RR_PASSINGS]),
+        (unsigned long long)get(&counters[METRIC_RR_REQUESTS]),
+        (unsigned long long)get(&counters[METRIC_RR_ERRORS]));
 
     put(&t, "# HELP race2mqtt_publish_latency_seconds Journal commit to broker acknowledgement.\n"
             "# TYPE race2mqtt_publish_latency_seconds histogram\n");

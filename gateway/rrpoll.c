@@ -40,6 +40,7 @@
 #include "race2mqtt/config.h"
 #include "race2mqtt/cursor.h"
 #include "race2mqtt/log.h"
+#include "race2mqtt/metrics.h"
 #include "race2mqtt/mqtt.h"
 #include "race2mqtt/raceresult.h"
 #include "race2mqtt/rest.h"
@@ -125,6 +126,7 @@ static void page_ack(struct rrpoll *p, uint64_t tag, bool ok)
         } else if (!p->acked[i]) {
             p->acked[i] = 1;
             p->outstanding--;
+            metrics_inc(METRIC_RR_PASSINGS);
         }
         pthread_cond_signal(&p->cond);
     }
@@ -205,6 +207,7 @@ static struct device *device_get(struct rrpoll *p, const struct rr_device *rd)
 /* Device logs name the sanitised level: an id from the API is untrusted text. */
 static void device_fail(struct device *d, const char *why)
 {
+    metrics_inc(METRIC_RR_ERRORS);
     if (!d->failing)
         log_warn("raceresult: device %s: %s; retrying with backoff", d->level, why);
     else
@@ -224,6 +227,7 @@ static void device_ok(struct device *d)
 
 static void api_fail(struct rrpoll *p, const char *why)
 {
+    metrics_inc(METRIC_RR_ERRORS);
     if (!p->api_failing)
         log_warn("raceresult: API unreachable: %s; retrying with backoff", why);
     else
@@ -428,6 +432,8 @@ static bool fetch_page(struct rrpoll *p, struct device *d)
     free(esc);
 
     enum rest_result res = rest_request(p->rest, "GET", path, &resp, err, sizeof err);
+    if (res == REST_OK)
+        metrics_inc(METRIC_RR_REQUESTS);
     if (res == REST_CANCELLED)
         goto out;
     if (res != REST_OK) {
@@ -520,6 +526,8 @@ static void poll_round(struct rrpoll *p)
     if (now_ms() < p->api_backoff_until_ms)
         return;
     enum rest_result res = rest_request(p->rest, "GET", p->list_path, &resp, err, sizeof err);
+    if (res == REST_OK)
+        metrics_inc(METRIC_RR_REQUESTS);
     if (res == REST_CANCELLED)
         goto out;
     if (res != REST_OK) {

@@ -17,6 +17,9 @@ enum metrics_counter {
     METRIC_JOURNAL_COMMITS,
     METRIC_MQTT_PUBLISH_FAILED,
     METRIC_STATE_PUBLISHED,
+    METRIC_RR_PASSINGS,     /* RACE RESULT passings acknowledged by the broker */
+    METRIC_RR_REQUESTS,     /* REST API requests answered (any HTTP status) */
+    METRIC_RR_ERRORS,       /* REST requests failed: network, timeout, non-2xx, bad JSON */
     METRIC_COUNTER_COUNT
 };
 
