@@ -330,6 +330,9 @@ static bool due(const struct device *d, const struct rr_device *rd, uint64_t now
         return false;
     if (!d->has_cursor || d->more || !d->seen || now >= d->recheck_ms)
         return true;
+    /* A record without counters cannot tell us it changed: ask every round. */
+    if (!rd->has_file_no && !rd->has_records)
+        return true;
     return rd->has_file_no != d->seen_has_file || rd->file_no != d->seen_file ||
            rd->has_records != d->seen_has_records || rd->records != d->seen_records;
 }
