@@ -10,6 +10,7 @@
  *   POST body --http--> ingest --append--> journal --commit--> http answers 200
  *                                              \--> publisher --QoS 1--> broker
  *   REST API --rest--> rrpoll --QoS 1--> broker --PUBACK--> cursor on disk
+ *   broker --<base>/<dev>/cmd--> cmdworker --rest--> cmd endpoint --> response
  *
  * Shutdown runs the exact reverse: stop accepting, drain to the broker within
  * store.flush_timeout_ms, say "offline", close the journal (which keeps the
@@ -33,6 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "race2mqtt/cmdworker.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/http.h"
 #include "race2mqtt/ingest.h"
@@ -57,6 +59,7 @@ struct gateway {
     struct mqtt *mqtt;
     struct rest_auth *rest_auth;
     struct rrpoll *rrpoll;
+    struct cmdworker *cmdworker;
     struct http *_Atomic http;
 };
 
@@ -95,6 +98,15 @@ static void mqtt_connected(void *ctx)
     publisher_connected(g->publisher);
     if (g->rrpoll)
         rrpoll_connected(g->rrpoll);
+    if (g->cmdworker)
+        cmdworker_connected(g->cmdworker);
+}
+
+static void mqtt_message(void *ctx, const struct mqtt_message *msg)
+{
+    struct gateway *g = ctx;
+    if (g->cmdworker)
+        cmdworker_message(g->cmdworker, msg);
 }
 
 static void mqtt_lost(void *ctx, const char *cause)
@@ -271,7 +283,8 @@ static int run(struct gateway *g, const sigset_t *signals)
         };
         g->rest_auth = rest_auth_new(&ropt);
         g->rrpoll = g->rest_auth ? rrpoll_new(&g->cfg, g->rest_auth) : NULL;
-        if (!g->rrpoll) {
+        g->cmdworker = g->rest_auth ? cmdworker_new(&g->cfg, g->rest_auth) : NULL;
+        if (!g->rrpoll || !g->cmdworker) {
             snprintf(err, sizeof err, "out of memory");
             goto out;
         }
@@ -281,11 +294,13 @@ static int run(struct gateway *g, const sigset_t *signals)
         .on_connection_lost = mqtt_lost,
         .on_delivered = mqtt_delivered,
         .on_failed = mqtt_failed,
+        .on_message = mqtt_message,
         .ctx = g,
     };
     if (mqtt_new(&g->mqtt, &g->cfg, &cb, err, sizeof err) != 0 ||
         publisher_start(g->publisher, g->mqtt, err, sizeof err) != 0 ||
         (g->rrpoll && rrpoll_start(g->rrpoll, g->mqtt, err, sizeof err) != 0) ||
+        (g->cmdworker && cmdworker_start(g->cmdworker, g->mqtt, err, sizeof err) != 0) ||
         mqtt_start(g->mqtt, err, sizeof err) != 0)
         goto out;
 
@@ -310,6 +325,7 @@ out:
         log_error("%s", err);
     /* The reverse of the start order. */
     http_stop(atomic_load(&g->http), HTTP_DRAIN_MS);
+    cmdworker_stop(g->cmdworker);
     rrpoll_stop(g->rrpoll);
     publisher_stop(g->publisher, g->cfg.store.flush_timeout_ms);
     mqtt_stop(g->mqtt, MQTT_OFFLINE_MS);
@@ -317,6 +333,7 @@ out:
     journal_close(g->journal);
     g->journal = NULL;
     http_free(atomic_exchange(&g->http, NULL));
+    cmdworker_free(g->cmdworker);
     rrpoll_free(g->rrpoll);
     rest_auth_free(g->rest_auth);
     publisher_free(g->publisher);

@@ -122,12 +122,34 @@ static void on_connection_lost(void *context, char *cause)
         m->cb.on_connection_lost(m->cb.ctx, cause ? cause : "");
 }
 
-/* The broker never delivers to the gateway yet (no subscriptions in this
- * version); accept and drop anything that arrives. */
+/* Translates paho's message and hands it on; paho frees it when we return 1. */
 static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
 {
-    (void)context;
-    (void)topic_len;
+    struct mqtt *m = context;
+    (void)topic_len; /* topics from the broker hold no NUL: paho passes 0 here */
+    struct mqtt_message out = {
+        .topic = topic,
+        .payload = msg->payload,
+        .len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0,
+        .qos = msg->qos,
+        .retained = msg->retained != 0,
+    };
+    char response_topic[1024];
+    MQTTProperty *rt = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+    if (rt && rt->value.data.len > 0 && (size_t)rt->value.data.len < sizeof response_topic &&
+        !memchr(rt->value.data.data, '\0', (size_t)rt->value.data.len)) {
+        memcpy(response_topic, rt->value.data.data, (size_t)rt->value.data.len);
+        response_topic[rt->value.data.len] = '\0';
+        out.response_topic = response_topic;
+    }
+    MQTTProperty *cd =
+        MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_CORRELATION_DATA);
+    if (cd && cd->value.data.len > 0) {
+        out.correlation = cd->value.data.data;
+        out.correlation_len = (size_t)cd->value.data.len;
+    }
+    if (m->cb.on_message)
+        m->cb.on_message(m->cb.ctx, &out);
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
     return 1;
@@ -381,6 +403,47 @@ int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t 
         free(pc);
         return -1;
     }
+    return 0;
+}
+
+int mqtt_publish_reply(struct mqtt *m, const char *topic, const void *payload, size_t len,
+                       const void *correlation, size_t correlation_len)
+{
+    if (!atomic_load(&m->connected) || len > INT32_MAX || correlation_len > 65535)
+        return -1;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = (void *)(uintptr_t)payload;
+    msg.payloadlen = (int)len;
+    msg.qos = 1;
+    if (correlation && m->cfg->mqtt.protocol == CONFIG_MQTT_5) {
+        MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA};
+        p.value.data.data = (char *)(uintptr_t)correlation;
+        p.value.data.len = (int)correlation_len;
+        MQTTProperties_add(&msg.properties, &p); /* copies the data */
+    }
+    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
+    MQTTProperties_free(&msg.properties);
+    if (rc != MQTTASYNC_SUCCESS) {
+        log_debug("mqtt: reply to %s refused: %s", topic, MQTTAsync_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+int mqtt_subscribe(struct mqtt *m, const char *filter, int qos)
+{
+    if (!atomic_load(&m->connected))
+        return -1;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    if (m->cfg->mqtt.protocol == CONFIG_MQTT_5)
+        ro.subscribeOptions.retainAsPublished = 1;
+    int rc = MQTTAsync_subscribe(m->client, filter, qos, &ro);
+    if (rc != MQTTASYNC_SUCCESS) {
+        log_warn("mqtt: cannot subscribe to %s: %s", filter, MQTTAsync_strerror(rc));
+        return -1;
+    }
+    log_debug("mqtt: subscribed to %s", filter);
     return 0;
 }
 

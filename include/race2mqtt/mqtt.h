@@ -17,6 +17,19 @@
 struct config;
 struct mqtt;
 
+/* An incoming message as handed to on_message; every pointer is valid only
+ * during the call (copy what you keep). */
+struct mqtt_message {
+    const char *topic;
+    const void *payload;
+    size_t len;
+    int qos;
+    bool retained;              /* set by the broker (MQTT 5: as published) */
+    const char *response_topic; /* MQTT 5 Response Topic, NUL-terminated, or NULL */
+    const void *correlation;    /* MQTT 5 Correlation Data, or NULL */
+    size_t correlation_len;
+};
+
 struct mqtt_callbacks {
     /* Connected, first time or after a reconnect. */
     void (*on_connected)(void *ctx);
@@ -26,6 +39,8 @@ struct mqtt_callbacks {
     void (*on_delivered)(void *ctx, uint64_t tag);
     /* The publish tagged tag will not be acknowledged on this connection. */
     void (*on_failed)(void *ctx, uint64_t tag);
+    /* A message arrived on a subscription. */
+    void (*on_message)(void *ctx, const struct mqtt_message *msg);
     void *ctx;
 };
 
@@ -46,6 +61,20 @@ int mqtt_start(struct mqtt *m, char *err, size_t errlen);
  */
 int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t len, int qos,
                  bool retain, uint64_t tag);
+
+/*
+ * Like mqtt_publish() without a report, plus MQTT 5 Correlation Data
+ * (ignored with 3.1.1). For answers on a request's Response Topic.
+ */
+int mqtt_publish_reply(struct mqtt *m, const char *topic, const void *payload, size_t len,
+                       const void *correlation, size_t correlation_len);
+
+/*
+ * Subscribes filter at qos on the current connection. With MQTT 5 the
+ * subscription asks for Retain As Published, so that a live retained message
+ * is recognisable. Call it after every (re)connect. Returns 0 or -1.
+ */
+int mqtt_subscribe(struct mqtt *m, const char *filter, int qos);
 
 bool mqtt_is_connected(struct mqtt *m);
 

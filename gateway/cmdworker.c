@@ -1,0 +1,345 @@
+/*
+ * cmdworker.c - decoder commands from MQTT to the REST cmd endpoint and back.
+ *
+ *   <base>/<device>/cmd  --paho--> queue --worker--> POST .../devices/{device}/cmd?command=
+ *                                                      |
+ *   <base>/<device>/cmd/response  <--------------------+--> Response Topic (MQTT 5)
+ *
+ * Why it is shaped like this:
+ * - One worker thread, one FIFO: commands to one decoder run in the order they
+ *   arrived (and so do all others, which keeps a decoder from seeing two
+ *   commands at once from us).
+ * - The queue holds CMDWORKER_QUEUE requests to execute and as many again
+ *   that are only answered "queue full", so an overloaded gateway still says
+ *   so to every requester; past that a request is dropped with a log line.
+ * - A retained command is never executed: the broker replays it on every
+ *   subscription. With MQTT 5 the subscription asks for Retain As Published,
+ *   so a command published retained is recognisable even when it arrives live.
+ * - Several replicas share one command stream through
+ *   $share/<raceresult.command_group>/..., so each command runs once.
+ */
+#include "race2mqtt/cmdworker.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "race2mqtt/command.h"
+#include "race2mqtt/config.h"
+#include "race2mqtt/log.h"
+#include "race2mqtt/mqtt.h"
+#include "race2mqtt/rest.h"
+
+#define RING (2 * CMDWORKER_QUEUE)
+#define DEVICE_MAX 256
+#define BODY_MAX 4096 /* a request is a command and a transaction: small */
+#define ERR_MAX 512
+
+struct request {
+    char device[DEVICE_MAX + 1];
+    char *body;
+    size_t len;
+    bool retained;
+    bool rejected; /* arrived with the queue full: answer, do not execute */
+    char *response_topic;
+    void *correlation;
+    size_t correlation_len;
+};
+
+struct cmdworker {
+    const struct config *cfg;
+    struct rest_auth *auth;
+    struct rest *rest;
+    struct mqtt *m;
+    pthread_t thread;
+    bool running;
+    _Atomic bool stop;
+    char filter[512];
+
+    pthread_mutex_t lock; /* protects the queue and the flags below */
+    pthread_cond_t cond;
+    struct request ring[RING];
+    size_t head, count;
+    bool subscribe;       /* connected: (re)subscribe on the worker thread */
+    bool warned_full;
+};
+
+static void request_free(struct request *r)
+{
+    free(r->body);
+    free(r->response_topic);
+    free(r->correlation);
+    memset(r, 0, sizeof *r);
+}
+
+/* "<base>/<device>/cmd" -> device; false for any other topic. */
+static bool device_of(const struct cmdworker *w, const char *topic, char *device, size_t cap)
+{
+    const char *base = w->cfg->raceresult.base_topic;
+    size_t blen = strlen(base), tlen = strlen(topic);
+    if (tlen < blen + 6 || strncmp(topic, base, blen) != 0 || topic[blen] != '/' ||
+        strcmp(topic + tlen - 4, "/cmd") != 0)
+        return false;
+    const char *d = topic + blen + 1;
+    size_t dlen = tlen - blen - 1 - 4;
+    if (dlen == 0 || dlen >= cap || memchr(d, '/', dlen))
+        return false;
+    memcpy(device, d, dlen);
+    device[dlen] = '\0';
+    return true;
+}
+
+void cmdworker_message(struct cmdworker *w, const struct mqtt_message *msg)
+{
+    struct request r = {0};
+    if (!device_of(w, msg->topic, r.device, sizeof r.device))
+        return;
+    r.retained = msg->retained;
+    r.len = msg->len <= BODY_MAX ? msg->len : BODY_MAX + 1; /* too long: refused later */
+    r.body = malloc(r.len + 1);
+    if (r.body) {
+        memcpy(r.body, msg->payload, r.len < msg->len ? r.len : msg->len);
+        r.body[r.len] = '\0';
+    }
+    if (msg->response_topic)
+        r.response_topic = strdup(msg->response_topic);
+    if (msg->correlation && (r.correlation = malloc(msg->correlation_len))) {
+        memcpy(r.correlation, msg->correlation, msg->correlation_len);
+        r.correlation_len = msg->correlation_len;
+    }
+    if (!r.body) {
+        request_free(&r);
+        return;
+    }
+
+    pthread_mutex_lock(&w->lock);
+    if (w->count == RING) {
+        if (!w->warned_full)
+            log_warn("raceresult: command queue overflowing; dropping requests");
+        w->warned_full = true;
+        pthread_mutex_unlock(&w->lock);
+        request_free(&r);
+        return;
+    }
+    w->warned_full = false;
+    r.rejected = w->count >= CMDWORKER_QUEUE;
+    w->ring[(w->head + w->count) % RING] = r;
+    w->count++;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void cmdworker_connected(struct cmdworker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->subscribe = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void respond(struct cmdworker *w, const struct request *r, const struct command_result *res)
+{
+    size_t len;
+    char *payload = command_response(res, &len);
+    if (!payload)
+        return;
+    char topic[512];
+    snprintf(topic, sizeof topic, "%s/%s/cmd/response", w->cfg->raceresult.base_topic, r->device);
+    if (mqtt_publish(w->m, topic, payload, len, 1, false, 0) != 0)
+        log_warn("raceresult: could not publish the answer to a command for %s", r->device);
+    if (r->response_topic &&
+        mqtt_publish_reply(w->m, r->response_topic, payload, len, r->correlation,
+                           r->correlation_len) != 0)
+        log_warn("raceresult: could not publish to a command's response topic");
+    free(payload);
+}
+
+static void execute(struct cmdworker *w, const struct request *r)
+{
+    struct command_request req;
+    struct command_result res = {.device = r->device};
+    char err[ERR_MAX] = "";
+    char *reply = NULL;
+    struct rest_response resp = {0};
+
+    if (r->retained) {
+        /* Replayed by the broker on every subscription: never run it. */
+        log_warn("raceresult: retained command for %s ignored (clear it with an empty "
+                 "retained message)",
+                 r->device);
+        return;
+    }
+    if (r->len > BODY_MAX) {
+        memset(&req, 0, sizeof req);
+        snprintf(err, sizeof err, "request larger than %d bytes", BODY_MAX);
+        res.error = err;
+        goto answer;
+    }
+    int prc = command_parse(r->body, r->len, &req, err, sizeof err);
+    res.transaction = req.transaction;
+    if (prc != 0) {
+        res.error = err;
+        goto answer;
+    }
+    res.command = req.command;
+    if (r->rejected) {
+        res.error = "command queue full; try again later";
+        goto answer;
+    }
+    if (!command_allowed(req.command, w->cfg->raceresult.commands_allowed)) {
+        char name[COMMAND_MAX + 1];
+        command_name(req.command, name, sizeof name);
+        snprintf(err, sizeof err, "command %s is not allowed (raceresult.commands_allowed)", name);
+        res.error = err;
+        goto answer;
+    }
+
+    char *edev = rest_escape(w->rest, r->device);
+    char *ecmd = rest_escape(w->rest, req.command);
+    char path[1024];
+    if (!edev || !ecmd ||
+        snprintf(path, sizeof path, "/customers/%s/devices/%s/cmd?command=%s",
+                 w->cfg->raceresult.customer_id, edev, ecmd) >= (int)sizeof path) {
+        free(edev);
+        free(ecmd);
+        res.error = "command too long for a request";
+        goto answer;
+    }
+    free(edev);
+    free(ecmd);
+    enum rest_result rr = rest_request(w->rest, "POST", path, &resp, err, sizeof err);
+    if (rr != REST_OK) {
+        res.error = err[0] ? err : rest_strerror(rr);
+        goto answer;
+    }
+    res.http_status = resp.http_status;
+    reply = command_reply(resp.body, resp.len);
+    res.response = reply;
+    if (resp.http_status >= 200 && resp.http_status < 300) {
+        res.ok = true;
+    } else {
+        snprintf(err, sizeof err, "the API answered HTTP %ld", resp.http_status);
+        res.error = err;
+    }
+answer:
+    log_info("raceresult: command %s for %s: %s%s%s", res.command ? res.command : "(none)",
+             r->device, res.ok ? "ok" : "error", res.ok ? "" : ": ", res.ok ? "" : res.error);
+    respond(w, r, &res);
+    free(reply);
+    rest_response_cleanup(&resp);
+    command_request_cleanup(&req);
+}
+
+static void *run(void *arg)
+{
+    struct cmdworker *w = arg;
+    pthread_mutex_lock(&w->lock);
+    while (!atomic_load(&w->stop)) {
+        if (w->subscribe) {
+            w->subscribe = false;
+            pthread_mutex_unlock(&w->lock);
+            /* The session usually keeps the subscription; renewing it is
+             * harmless and covers a broker that lost it. */
+            if (mqtt_subscribe(w->m, w->filter, 1) != 0) {
+                pthread_mutex_lock(&w->lock);
+                w->subscribe = mqtt_is_connected(w->m);
+                continue;
+            }
+            pthread_mutex_lock(&w->lock);
+            continue;
+        }
+        if (w->count == 0) {
+            pthread_cond_wait(&w->cond, &w->lock);
+            continue;
+        }
+        struct request r = w->ring[w->head];
+        memset(&w->ring[w->head], 0, sizeof w->ring[w->head]);
+        w->head = (w->head + 1) % RING;
+        w->count--;
+        pthread_mutex_unlock(&w->lock);
+        execute(w, &r);
+        request_free(&r);
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+struct cmdworker *cmdworker_new(const struct config *cfg, struct rest_auth *auth)
+{
+    struct cmdworker *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->cfg = cfg;
+    w->auth = auth;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    if (cfg->raceresult.command_group)
+        snprintf(w->filter, sizeof w->filter, "$share/%s/%s/+/cmd", cfg->raceresult.command_group,
+                 cfg->raceresult.base_topic);
+    else
+        snprintf(w->filter, sizeof w->filter, "%s/+/cmd", cfg->raceresult.base_topic);
+    return w;
+}
+
+int cmdworker_start(struct cmdworker *w, struct mqtt *m, char *err, size_t errlen)
+{
+    w->m = m;
+    if (rest_new(&w->rest, w->auth, err, errlen) != 0)
+        return -1;
+    rest_set_cancel(w->rest, &w->stop);
+    if (pthread_create(&w->thread, NULL, run, w) != 0) {
+        snprintf(err, errlen, "raceresult: cannot start the command worker");
+        return -1;
+    }
+    w->running = true;
+    log_info("raceresult: decoder commands on %s", w->filter);
+    return 0;
+}
+
+void cmdworker_stop(struct cmdworker *w)
+{
+    if (!w || !w->running)
+        return;
+    atomic_store(&w->stop, true);
+    pthread_mutex_lock(&w->lock);
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    w->running = false;
+    /* Whoever is still waiting hears that it will not run. */
+    while (w->count > 0) {
+        struct request *r = &w->ring[w->head];
+        struct command_request req;
+        char err[ERR_MAX];
+        struct command_result res = {.device = r->device, .error = "the gateway is stopping"};
+        if (!r->retained) {
+            command_parse(r->body, r->len, &req, err, sizeof err);
+            res.command = req.command[0] ? req.command : NULL;
+            res.transaction = req.transaction;
+            respond(w, r, &res);
+            command_request_cleanup(&req);
+        }
+        request_free(r);
+        w->head = (w->head + 1) % RING;
+        w->count--;
+    }
+}
+
+void cmdworker_free(struct cmdworker *w)
+{
+    if (!w)
+        return;
+    cmdworker_stop(w);
+    while (w->count > 0) {
+        request_free(&w->ring[w->head]);
+        w->head = (w->head + 1) % RING;
+        w->count--;
+    }
+    rest_free(w->rest);
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
