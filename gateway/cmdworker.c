@@ -96,6 +96,9 @@ void cmdworker_message(struct cmdworker *w, const struct mqtt_message *msg)
     struct request r = {0};
     if (!device_of(w, msg->topic, r.device, sizeof r.device))
         return;
+    /* An empty message is how a retained command is cleared, not a request. */
+    if (msg->len == 0)
+        return;
     r.retained = msg->retained;
     r.len = msg->len <= BODY_MAX ? msg->len : BODY_MAX + 1; /* too long: refused later */
     r.body = malloc(r.len + 1);

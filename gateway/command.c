@@ -147,6 +147,34 @@ bool command_allowed(const char *command, const char *allowed)
     return false;
 }
 
+/*
+ * The decoder's reply comes from outside and goes into a JSON string: bytes
+ * that are not UTF-8, and NUL, become '?' so that the answer stays strict JSON
+ * for every subscriber (an HTML error page from a proxy, say, is often
+ * ISO-8859-1).
+ */
+static char *utf8_text(const char *body, size_t len)
+{
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, body, len);
+    out[len] = '\0';
+    size_t at = 0;
+    while (at < len) {
+        size_t bad = at + jsonutil_utf8_check((const unsigned char *)out + at, len - at);
+        if (bad >= len)
+            break;
+        out[bad] = '?';
+        at = bad + 1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (out[i] == '\0')
+            out[i] = '?';
+    }
+    return out;
+}
+
 char *command_response(const struct command_result *r, size_t *len)
 {
     struct json_object *o = json_object_new_object();
@@ -155,7 +183,9 @@ char *command_response(const struct command_result *r, size_t *len)
     json_object_object_add(o, "status", json_object_new_string(r->ok ? "ok" : "error"));
     json_object_object_add(o, "device", json_object_new_string(r->device ? r->device : ""));
     json_object_object_add(o, "command", r->command ? json_object_new_string(r->command) : NULL);
-    json_object_object_add(o, "response", r->response ? json_object_new_string(r->response) : NULL);
+    char *reply = r->response ? utf8_text(r->response, strlen(r->response)) : NULL;
+    json_object_object_add(o, "response", reply ? json_object_new_string(reply) : NULL);
+    free(reply);
     json_object_object_add(o, "http_status", json_object_new_int64(r->http_status));
     if (!r->ok)
         json_object_object_add(o, "error", json_object_new_string(r->error ? r->error : "error"));
@@ -184,9 +214,9 @@ char *command_reply(const char *body, size_t len)
         json_object_is_type(o, json_type_object) &&
         json_object_object_get_ex(o, "Response", &resp) &&
         json_object_is_type(resp, json_type_string))
-        out = strdup(json_object_get_string(resp));
+        out = utf8_text(json_object_get_string(resp), (size_t)json_object_get_string_len(resp));
     else
-        out = strndup(body, len);
+        out = utf8_text(body, len);
     json_object_put(o);
     return out;
 }

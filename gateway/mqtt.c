@@ -134,12 +134,11 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         .qos = msg->qos,
         .retained = msg->retained != 0,
     };
-    char response_topic[1024];
+    char *response_topic = NULL;
     MQTTProperty *rt = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
-    if (rt && rt->value.data.len > 0 && (size_t)rt->value.data.len < sizeof response_topic &&
+    if (rt && rt->value.data.len > 0 &&
         !memchr(rt->value.data.data, '\0', (size_t)rt->value.data.len)) {
-        memcpy(response_topic, rt->value.data.data, (size_t)rt->value.data.len);
-        response_topic[rt->value.data.len] = '\0';
+        response_topic = strndup(rt->value.data.data, (size_t)rt->value.data.len);
         out.response_topic = response_topic;
     }
     MQTTProperty *cd =
@@ -150,6 +149,7 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
     }
     if (m->cb.on_message)
         m->cb.on_message(m->cb.ctx, &out);
+    free(response_topic);
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
     return 1;

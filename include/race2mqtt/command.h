@@ -59,7 +59,8 @@ char *command_response(const struct command_result *r, size_t *len);
 /*
  * The decoder's reply from the cmd endpoint's body {"Response": "..."}: a
  * malloc'd copy of the string (caller frees), or of the whole body when it is
- * not that shape. NULL on no memory.
+ * not that shape, with bytes that are not UTF-8 (and NUL) replaced by '?' so
+ * that it can go into a JSON string. NULL on no memory.
  */
 char *command_reply(const char *body, size_t len);
 

@@ -1185,3 +1185,115 @@ def log_lines(path, pattern):
     except OSError:
         return []
     return [line for line in text.splitlines() if rx.search(line)]
+
+
+# ---------------------------------------------------------------------------
+# MQTT request/response (decoder commands, SPEC section 3 "Commands"): a
+# subscriber that keeps each message's MQTT 5 properties, a publisher that
+# keeps one connection (so back-to-back publishes keep their order) and can set
+# Response Topic / Correlation Data, and a wait for a client's SUBACK.
+# ---------------------------------------------------------------------------
+
+class PropMessage(Message):
+    """A Message plus its MQTT 5 Correlation Data and Response Topic (None when
+    absent or with MQTT 3.1.1)."""
+
+    __slots__ = ("correlation", "response_topic")
+
+
+class PropSubscriber(Subscriber):
+    """A Subscriber whose messages are PropMessage."""
+
+    def _on_message(self, client, userdata, msg):
+        m = PropMessage(msg.topic, msg.payload, msg.qos, msg.retain)
+        props = getattr(msg, "properties", None)
+        m.correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        m.response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        with self.cond:
+            self.messages.append(m)
+            self.cond.notify_all()
+
+
+class Publisher:
+    """One MQTT connection for many publishes, in order. With MQTTv5,
+    publish() can set Response Topic and Correlation Data. Track it with
+    IntegrationCase.track() (cleanup() stops it)."""
+
+    name = "publisher"
+
+    def __init__(self, port, protocol=mqtt.MQTTv5, client_id=None):
+        self.port = port
+        self.protocol = protocol
+        self.client_id = client_id or unique("r2m-it-pub")
+        self.connected = threading.Event()
+        self.infos = []
+        self.client = mqtt.Client(client_id=self.client_id, protocol=protocol)
+        self.client.on_connect = self._on_connect
+        self.client.max_inflight_messages_set(0)   # 0 = no limit in paho
+        self.client.max_queued_messages_set(0)
+
+    def _on_connect(self, client, userdata, flags, rc, properties=None):
+        if rc == 0:
+            self.connected.set()
+
+    def start(self, timeout=10):
+        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            raise AssertionError("publisher %s: no CONNACK from port %d"
+                                 % (self.client_id, self.port))
+        return self
+
+    def publish(self, topic, payload, qos=1, retain=False, response_topic=None,
+                correlation=None):
+        props = None
+        if response_topic is not None or correlation is not None:
+            if self.protocol != mqtt.MQTTv5:
+                raise ValueError("Response Topic / Correlation Data need MQTT 5")
+            from paho.mqtt.properties import Properties
+            from paho.mqtt.packettypes import PacketTypes
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        if self.protocol == mqtt.MQTTv5:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        else:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self.infos.append(info)
+        return info
+
+    def wait_all(self, timeout=10):
+        """Waits until every publish so far completed (PUBACK for QoS 1)."""
+        deadline = time.monotonic() + timeout
+        for info in self.infos:
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            if not info.is_published():
+                raise AssertionError("publisher %s: a publish did not complete in %ds"
+                                     % (self.client_id, timeout))
+
+    def stop(self):
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+        self.client.loop_stop()
+
+    def cleanup(self):
+        self.stop()
+
+
+def broker_subacks(broker, client_id):
+    """How many SUBACKs the broker sent to client_id so far (from its log)."""
+    return len(log_lines(broker.log_path, r"Sending SUBACK to %s$" % re.escape(client_id)))
+
+
+def wait_subacks(broker, client_id, count, timeout=15):
+    """Waits until the broker sent client_id at least count SUBACKs; raises
+    AssertionError otherwise."""
+    if wait_until(lambda: broker_subacks(broker, client_id) >= count, timeout) is None:
+        raise AssertionError("%s: %d SUBACK(s) from the broker after %ds, want %d"
+                             % (client_id, broker_subacks(broker, client_id), timeout, count))
