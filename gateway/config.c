@@ -33,6 +33,7 @@
  * characters replaced, because they may come from the environment.
  */
 #include "race2mqtt/config.h"
+#include "race2mqtt/jsonutil.h"
 #include "race2mqtt/log.h"
 
 #include <ctype.h>
@@ -520,6 +521,12 @@ static int set_string(struct config *cfg, const struct key *k, const char *value
             snprintf(why, whylen, "contains a control character");
             return -1;
         }
+    }
+    /* Values end up in topics (which MQTT requires to be UTF-8) and in the
+     * JSON of race2mqtt/bridge/info. Found by fuzz_config. */
+    if (jsonutil_utf8_check((const unsigned char *)value, strlen(value)) != strlen(value)) {
+        snprintf(why, whylen, "is not valid UTF-8");
+        return -1;
     }
     if (k->type == KEY_LIST && *value) {
         copy = malloc(strlen(value) + 1);

@@ -50,6 +50,7 @@
 #define PAGE_ACK_TIMEOUT_MS 30000
 #define PAGES_PER_ROUND 20    /* then status gets its turn again */
 #define MAX_DEVICES 10000     /* a bound on what an API answer can make us track */
+#define BEHIND_RECHECK_S 5    /* counters say more than the API gave: ask again this soon */
 #define ERR_MAX 512
 
 struct device {
@@ -330,8 +331,10 @@ static bool due(const struct device *d, const struct rr_device *rd, uint64_t now
         return false;
     if (!d->has_cursor || d->more || !d->seen || now >= d->recheck_ms)
         return true;
-    /* A record without counters cannot tell us it changed: ask every round. */
-    if (!rd->has_file_no && !rd->has_records)
+    /* Without a file number the counters cannot tell us it changed (a record
+     * count alone repeats when a new file reaches the old count): ask every
+     * round. */
+    if (!rd->has_file_no)
         return true;
     return rd->has_file_no != d->seen_has_file || rd->file_no != d->seen_file ||
            rd->has_records != d->seen_has_records || rd->records != d->seen_records;
@@ -510,13 +513,21 @@ static void fetch_device(struct rrpoll *p, struct device *d, const struct rr_dev
             return;
     }
     if (!d->more) {
-        /* Caught up with what the list showed: wait for the counters to move. */
+        /* Caught up with what the list showed: wait for the counters to move.
+         * If the cursor is still behind them (an empty page where the list
+         * promises records), look again soon rather than after recheck_s. */
         d->seen = true;
         d->seen_has_file = rd->has_file_no;
         d->seen_file = rd->file_no;
         d->seen_has_records = rd->has_records;
         d->seen_records = rd->records;
-        d->recheck_ms = now_ms() + (uint64_t)p->cfg->raceresult.recheck_s * 1000u;
+        bool behind = rd->has_file_no &&
+                      (d->cur.file < rd->file_no ||
+                       (d->cur.file == rd->file_no && rd->has_records && d->cur.next_no <= rd->records));
+        uint64_t wait_s = behind && p->cfg->raceresult.recheck_s > BEHIND_RECHECK_S
+                              ? BEHIND_RECHECK_S
+                              : (uint64_t)p->cfg->raceresult.recheck_s;
+        d->recheck_ms = now_ms() + wait_s * 1000u;
     }
 }
 

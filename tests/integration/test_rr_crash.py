@@ -106,6 +106,30 @@ class RaceResultCrashTests(harness.IntegrationCase):
         self.assertEqual(gw.stop(), 0)
         self.assertEqual(harness.rr_read_cursors(gw.store_dir), {DEV: (1, 30001)})
 
+    def test_status_republished_after_broker_restart(self):
+        """A broker that lost its retained messages gets status and
+        availability again after the reconnect (SPEC 7.3), unchanged or not."""
+        d = self.tmpdir()
+        rr = harness.fake_raceresult(api_key=KEY, customer=CID, world={"devices": [
+            {"id": DEV, "files": [3]}, {"id": "T-K", "type": "TrackBox", "connected": False}]})
+        self.track(harness._Stoppable(rr))
+        broker = self.start_broker(d, persistence=False)
+        gw = self.start_gateway(d, broker, extra=harness.rr_extra(rr, KEY, CID))
+        want = sorted("raceresult/%s/%s" % (dev, leaf) for dev in (DEV, "T-K")
+                      for leaf in ("status", "availability"))
+        topics = ["raceresult/+/status", "raceresult/+/availability"]
+        self.assertTrue(harness.wait_until(
+            lambda: sorted(harness.retained(broker.port, topics)) == want, 10))
+        broker.restart(persistence=False)  # the retained messages are gone
+        self.assertTrue(gw.wait_readyz(200, 30), "gateway did not reconnect")
+        got = harness.wait_until(lambda: (lambda r: r if sorted(r) == want else None)(
+            harness.retained(broker.port, topics)), 10)
+        self.assertIsNotNone(got, "status/availability not published again after reconnect")
+        self.assertEqual(got["raceresult/T-K/availability"].payload, b"offline")
+        self.assertEqual(got["raceresult/%s/availability" % DEV].payload, b"online")
+        self.assertEqual(got["raceresult/%s/status" % DEV].json().get("device"), DEV)
+        self.assertTrue(all(m.retain for m in got.values()))
+
     def test_restart_after_catching_up(self):
         files = {1: 6000}
         rr, broker, sub, gw, col = self.setup_rr(files, amount=1000)

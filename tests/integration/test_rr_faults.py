@@ -210,6 +210,31 @@ class RaceResultFaultTests(harness.IntegrationCase):
         self.assertEqual(harness.rr_read_cursors(gw.store_dir),
                          {"D-L": (1, files["D-L"][1] + 1), "U-L": (2, files["U-L"][2] + 1)})
 
+    def test_empty_page_while_behind_does_not_stall(self):
+        """A spurious empty detections page while the device list promises
+        records must not park the device until recheck_s (300 s here)."""
+        d = self.tmpdir()
+        world = {"devices": [{"id": "D-E", "type": "Decoder", "connected": True,
+                              "files": {"1": 1000}}]}
+        rr = harness.fake_raceresult(api_key=KEY, customer=CID, world=world)
+        self.track(harness._Stoppable(rr))
+        rr.fail_next(1, 200, path_prefix=det_path("D-E"), body=[])
+        broker = self.start_broker(d)
+        sub = self.subscribe(broker.port, ["raceresult/+/passing"], protocol=mqtt.MQTTv5)
+        col = harness.PassingCollector(sub)
+        self.start_gateway(d, broker, extra=harness.rr_extra(rr, KEY, CID, start="all",
+                                                             amount=AMOUNT, recheck_s=300))
+        want = harness.rr_ids("D-E", {"1": 1000})
+
+        def all_there():
+            col.update()
+            return all(i in col.count for i in want)
+        ok = harness.wait_until(all_there, 20, 0.2)
+        self.assertEqual(rr.faults(), [], "the empty page was never asked for")
+        self.assertTrue(ok, "%d of %d passings within 20 s after an empty page"
+                        % (sum(1 for i in want if i in col.count), len(want)))
+        self.assertEqual(col.problems, [])
+
 
 if __name__ == "__main__":
     harness.main()

@@ -162,6 +162,7 @@ class RaceResultPassingsTests(harness.IntegrationCase):
         # bearer token everywhere else, amount never above 10,000.
         reqs = rr.requests()
         tokens = set()
+        amounts = set()
         bad = []
         for r in reqs:
             h = {k.lower(): v for k, v in r["headers"].items()}
@@ -176,13 +177,15 @@ class RaceResultPassingsTests(harness.IntegrationCase):
                     bad.append((r["seq"], r["target"], "bearer", sorted(h)))
                 tokens.add(auth[len("Bearer "):])
             if r["route"].endswith("/detections"):
-                if r["query"].get("amount") != "10000":
+                amounts.add(r["query"].get("amount"))
+                if not 1 <= int(r["query"].get("amount", "0")) <= 10000:
                     bad.append((r["seq"], r["target"], "amount"))
             if r["status"] != 200:
                 bad.append((r["seq"], r["target"], "status", r["status"]))
         self.assertEqual(bad[:10], [], "requests without Connection: close / right auth")
         routes = rr.stats()
-        print("requests: %r" % routes)
+        print("requests: %r, amount=%s" % (routes, "/".join(sorted(amounts))))
+        self.assertEqual(len(amounts), 1, "amount (default) changes between requests")
         self.assertEqual(routes.get("POST /token"), 1, "token not reused")
         self.assertGreaterEqual(routes.get("GET /customers/{cid}/devices", 0), 10)
 
@@ -235,6 +238,23 @@ class RaceResultPassingsTests(harness.IntegrationCase):
         self.wait_live(col, ["D-4/2/6", "D-4/2/7"], "start=new")
         col.settle(0.5)
         col.check(self, ["D-4/2/6", "D-4/2/7"], fake=rr, label="start=new")
+
+    def test_devices_filter(self):
+        """raceresult.devices: only the listed devices are asked for and published."""
+        world = {"devices": [{"id": "D-5", "files": [3]}, {"id": "D-6", "files": [4]},
+                             {"id": "U-7", "type": "Ubidium", "files": [2]}]}
+        rr, broker, sub, gw = self.setup_rr(world, start="all", devices="D-5,U-7")
+        col = harness.PassingCollector(sub)
+        expected = harness.rr_ids("D-5", {1: 3}) + harness.rr_ids("U-7", {1: 2})
+        self.assertEqual(sorted(col.wait_ids(expected, 10)), [])
+        time.sleep(5 * POLL_S)
+        col.check(self, expected, fake=rr, label="devices filter")
+        self.assertEqual(sorted({m.topic.split("/")[1] for m in sub.snapshot()
+                                 if m.topic.startswith("raceresult/")}), ["D-5", "U-7"])
+        lists = rr.requests(route="GET /customers/{cid}/devices")
+        self.assertTrue(lists)
+        self.assertEqual({r["query"].get("deviceIDs") for r in lists}, {"D-5,U-7"})
+        self.assertEqual(rr.requests(path_prefix="/customers/%d/devices/D-6" % CID), [])
 
     def test_trackbox_without_fileno_new_file(self):
         """A TrackBox whose list record has no FileNo (as in the real device
