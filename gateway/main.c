@@ -391,6 +391,9 @@ int main(int argc, char **argv)
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A file size limit (ulimit -f) must fail a journal write, which answers
+     * 503, not kill the process with everything it holds. */
+    signal(SIGXFSZ, SIG_IGN);
 
     static struct gateway g;
     char err[512];
