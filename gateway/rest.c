@@ -397,7 +397,9 @@ static enum rest_result get_token(struct rest *r, uint64_t stale_gen, char *head
             result = REST_AUTH;
             goto out;
         }
-        char key_header[TOKEN_MAX + 16];
+        /* Config caps secrets at 4 KiB and refuses control characters, so the
+         * key fits and cannot inject a header line. */
+        char key_header[4096 + 16];
         snprintf(key_header, sizeof key_header, "apikey: %s", a->opt.api_key);
         struct rest_response resp;
         result = perform(r, "POST", "/token", key_header, TOKEN_BODY_MAX, &resp, err, errlen);
