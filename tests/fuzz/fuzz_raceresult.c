@@ -28,9 +28,10 @@ static struct json_object *member(struct json_object *o, const char *key)
 static void check_level(const char *level)
 {
     FUZZ_ASSERT(level[0] && strlen(level) <= TOPIC_LEVEL_MAX, "bad topic level length");
-    FUZZ_ASSERT(strspn(level, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") ==
-                    strlen(level),
-                "unsafe character in a topic level");
+    FUZZ_ASSERT(
+        strspn(level, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") ==
+            strlen(level),
+        "unsafe character in a topic level");
 }
 
 static void devices(const char *body, size_t len)

@@ -56,8 +56,8 @@ static void check_sealed(const struct sr_event *ev, const char *sealed, size_t l
     struct json_object *root = fuzz_json("sealed payload is not JSON", sealed, len);
     struct json_object *v = NULL;
     FUZZ_ASSERT(json_object_is_type(root, json_type_object), "sealed payload not an object");
-    FUZZ_ASSERT(json_object_object_get_ex(root, "seq", &v) && json_object_is_type(v, json_type_int) &&
-                    json_object_get_uint64(v) == seq,
+    FUZZ_ASSERT(json_object_object_get_ex(root, "seq", &v) &&
+                    json_object_is_type(v, json_type_int) && json_object_get_uint64(v) == seq,
                 "sealed payload lost its seq");
     FUZZ_ASSERT(json_object_object_get_ex(root, "event_type", &v) &&
                     json_object_is_type(v, json_type_string) &&

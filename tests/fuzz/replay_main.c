@@ -35,8 +35,7 @@ static int run_file(const char *path, size_t *count)
         goto out;
     long size = ftell(fp);
     if (size < 0 || size > REPLAY_MAX_BYTES || fseek(fp, 0, SEEK_SET) != 0) {
-        fprintf(stderr, "replay: %s: unreadable or larger than %d bytes\n", path,
-                REPLAY_MAX_BYTES);
+        fprintf(stderr, "replay: %s: unreadable or larger than %d bytes\n", path, REPLAY_MAX_BYTES);
         goto out;
     }
     /* An exact-size copy, so that ASan sees a read past the input's end. */
@@ -92,7 +91,8 @@ static int run_dir(const char *dir, size_t *count)
         }
         sprintf(names[n++], "%s/%s", dir, e->d_name);
     }
-    qsort(names, n, sizeof *names, by_name);
+    if (n > 0)
+        qsort(names, n, sizeof *names, by_name);
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct stat st;
         if (stat(names[i], &st) == 0 && S_ISREG(st.st_mode))
