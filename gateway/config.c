@@ -166,7 +166,8 @@ static const struct key keys[] = {
      .help = "topic prefix of the gateway's own topics (bridge/state, bridge/info)"},
     {.section = "mqtt", .name = "keepalive_s", .type = KEY_INT, AT(mqtt.keepalive_s), .def = "30",
      .min = 5, .max = 65535,
-     .help = "MQTT keepalive in seconds; a dead broker is noticed after 1.5 times this"},
+     .help = "MQTT keepalive in seconds; a broker that stops answering is noticed after "
+             "about 2 to 3 times this (paho pings after one keepalive, gives up one later)"},
     {.section = "mqtt", .name = "max_inflight", .type = KEY_INT, AT(mqtt.max_inflight),
      .def = "256", .min = 1, .max = 65535,
      .help = "QoS 1/2 publishes awaiting the broker's acknowledgement at once"},

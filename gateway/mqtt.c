@@ -59,6 +59,7 @@ struct mqtt {
     bool stopping;
     bool stopped;
     bool warned_unreachable;
+    bool retry_seen; /* the first failure report after a loss was seen */
 };
 
 /* Per-publish context handed to paho and given back in the response callback. */
@@ -108,6 +109,7 @@ static void on_connected(void *context, char *cause)
     log_info("mqtt: connected to %s%s", m->uri, again ? " again" : "");
     pthread_mutex_lock(&m->lock);
     m->warned_unreachable = false;
+    m->retry_seen = false;
     pthread_mutex_unlock(&m->lock);
     if (m->cb.on_connected)
         m->cb.on_connected(m->cb.ctx);
@@ -158,8 +160,13 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
 static void connect_failed(struct mqtt *m, int code, const char *message)
 {
     pthread_mutex_lock(&m->lock);
-    /* One line when the broker becomes unreachable, not one per retry. */
-    if (!m->warned_unreachable) {
+    /* One line when the broker becomes unreachable, not one per retry. After a
+     * lost connection paho reports a failed attempt at once, before it has
+     * tried anything: that one is not news. */
+    if (!m->warned_unreachable && atomic_load(&m->ever_connected) && !m->retry_seen) {
+        m->retry_seen = true;
+        log_debug("mqtt: reconnecting to %s (%d)", m->uri, code);
+    } else if (!m->warned_unreachable) {
         log_warn("mqtt: cannot connect to %s (%d%s%s); retrying every %d..%d s", m->uri, code,
                  message ? ": " : "", message ? message : "", RECONNECT_MIN_S, RECONNECT_MAX_S);
         m->warned_unreachable = true;
