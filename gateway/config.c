@@ -838,8 +838,44 @@ static int load_file(struct loader *l)
     return l->failed ? -1 : 0;
 }
 
+extern char **environ;
+
+/*
+ * RACE2MQTT_<SECTION>_<KEY> variables that name a section of ours but no key
+ * are mistakes (RACE2MQTT_MQTT_PASWORD would otherwise mean "no password" in
+ * silence). Other RACE2MQTT_* names (RACE2MQTT_BIN of the tests) are not ours.
+ */
+static int check_env_names(struct loader *l)
+{
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "RACE2MQTT_", 10) != 0)
+            continue;
+        size_t nlen = strcspn(*e, "=");
+        const struct key *section_of = NULL;
+        bool known = false;
+        for (size_t i = 0; i < N_KEYS && !known; i++) {
+            char var[96];
+            env_name(&keys[i], var, sizeof var);
+            if (strlen(var) == nlen && strncmp(var, *e, nlen) == 0)
+                known = true;
+            size_t slen = strlen(keys[i].section);
+            if (nlen > 11 + slen && strncasecmp(*e + 10, keys[i].section, slen) == 0 &&
+                (*e)[10 + slen] == '_')
+                section_of = &keys[i];
+        }
+        if (!known && section_of) {
+            fail(l, "environment %.*s: no such key in section [%s]", (int)(nlen < 80 ? nlen : 80),
+                 *e, section_of->section);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int load_env(struct loader *l)
 {
+    if (check_env_names(l) != 0)
+        return -1;
     for (size_t i = 0; i < N_KEYS; i++) {
         char var[96], why[512];
         env_name(&keys[i], var, sizeof var);

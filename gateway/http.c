@@ -475,13 +475,14 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in,
         goto fail;
     }
 
+    /* The logger goes first: libmicrohttpd logs with its own until it is set. */
     h->daemon = MHD_start_daemon(
-        flags, (uint16_t)cfg->http.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &ss,
+        flags, (uint16_t)cfg->http.port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
+        log_mhd, h, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->http.timeout_s,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http.threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, h,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, errlen, "http: cannot listen on %s:%d (in use, or not an address here?)",
                  cfg->http.bind, cfg->http.port);

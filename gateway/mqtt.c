@@ -60,6 +60,8 @@ struct mqtt {
     bool stopped;
     bool warned_unreachable;
     bool retry_seen; /* the first failure report after a loss was seen */
+    bool tls;
+    char tls_error[256]; /* OpenSSL's last complaint, for the next log line */
 };
 
 /* Per-publish context handed to paho and given back in the response callback. */
@@ -157,6 +159,46 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
     return 1;
 }
 
+/* OpenSSL's error text via paho; kept for connect_failed() to explain. */
+static int on_ssl_error(const char *str, size_t len, void *u)
+{
+    struct mqtt *m = u;
+    pthread_mutex_lock(&m->lock);
+    snprintf(m->tls_error, sizeof m->tls_error, "%.*s", (int)len, str);
+    m->tls_error[strcspn(m->tls_error, "\n")] = '\0';
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+/* What a connect failure means, in words a user can act on. */
+static void explain(struct mqtt *m, int code, const char *message, char *out, size_t cap)
+{
+    bool v5 = m->cfg->mqtt.protocol == CONFIG_MQTT_5;
+    if (v5 && code >= 0x80) {
+        snprintf(out, cap, "broker refused: %s%s", MQTTReasonCode_toString(code),
+                 code == 0x86 || code == 0x87 ? "; check mqtt.username and mqtt.password" : "");
+    } else if (!v5 && code >= 1 && code <= 5) {
+        static const char *const refusals[] = {"", "unacceptable protocol version",
+                                               "client id rejected", "server unavailable",
+                                               "bad user name or password",
+                                               "not authorised"};
+        snprintf(out, cap, "broker refused: %s%s", refusals[code],
+                 code >= 4 ? "; check mqtt.username and mqtt.password" : "");
+    } else if (m->tls && m->tls_error[0]) {
+        /* e.g. "...:certificate verify failed:..." */
+        const char *why = strstr(m->tls_error, "certificate verify failed") ? "certificate verify failed"
+                                                                             : m->tls_error;
+        snprintf(out, cap, "TLS: %s; check mqtt.ca_file%s", why,
+                 m->cfg->mqtt.ca_file ? "" : " (none set: the system's CA store was used)");
+    } else if (m->tls) {
+        snprintf(out, cap, "%d: %s; the broker is unreachable, or its certificate is not "
+                 "trusted (mqtt.ca_file) or not issued for this host name",
+                 code, message ? message : "TLS connect failure");
+    } else {
+        snprintf(out, cap, "%d%s%s", code, message ? ": " : "", message ? message : "");
+    }
+}
+
 static void connect_failed(struct mqtt *m, int code, const char *message)
 {
     pthread_mutex_lock(&m->lock);
@@ -167,12 +209,15 @@ static void connect_failed(struct mqtt *m, int code, const char *message)
         m->retry_seen = true;
         log_debug("mqtt: reconnecting to %s (%d)", m->uri, code);
     } else if (!m->warned_unreachable) {
-        log_warn("mqtt: cannot connect to %s (%d%s%s); retrying every %d..%d s", m->uri, code,
-                 message ? ": " : "", message ? message : "", RECONNECT_MIN_S, RECONNECT_MAX_S);
+        char why[512];
+        explain(m, code, message, why, sizeof why);
+        log_warn("mqtt: cannot connect to %s (%s); retrying every %d..%d s", m->uri, why,
+                 RECONNECT_MIN_S, RECONNECT_MAX_S);
         m->warned_unreachable = true;
     } else {
         log_debug("mqtt: connect to %s failed (%d)", m->uri, code);
     }
+    m->tls_error[0] = '\0';
     if (!atomic_load(&m->ever_connected)) {
         m->connect_failed = true;
         pthread_cond_signal(&m->cond);
@@ -351,7 +396,13 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
         m->ssl.privateKey = cfg->mqtt.key_file;
         m->ssl.enableServerCertAuth = cfg->mqtt.tls_verify;
         m->ssl.verify = cfg->mqtt.tls_verify; /* host name check too */
+        m->ssl.ssl_error_cb = on_ssl_error;
+        m->ssl.ssl_error_context = m;
         m->conn_opts.ssl = &m->ssl;
+        m->tls = true;
+        if (!cfg->mqtt.tls_verify)
+            log_warn("mqtt: mqtt.tls_verify = false: the broker's certificate is NOT checked; "
+                     "anyone on the path can read and change the traffic");
     }
 
     *out = m;

@@ -1297,3 +1297,546 @@ def wait_subacks(broker, client_id, count, timeout=15):
     if wait_until(lambda: broker_subacks(broker, client_id) >= count, timeout) is None:
         raise AssertionError("%s: %d SUBACK(s) from the broker after %ds, want %d"
                              % (client_id, broker_subacks(broker, client_id), timeout, count))
+
+
+# ---------------------------------------------------------------------------
+# Faults on the broker connection (test_proxy_faults.py): a steady poster of
+# SmartRace events that records every answer, and a /readyz sampler.
+# ---------------------------------------------------------------------------
+
+class EventPoster:
+    """POSTs {"event_type": event_type, "event_data": {"i": i}} to a gateway
+    every `period` seconds (on schedule, not after the previous answer) from
+    one thread, so the seqs of answered events follow i. Records answered
+    {seq: i}, the monotonic time of each answer, refusals and exceptions.
+    Track it with IntegrationCase.track() (cleanup() stops it)."""
+
+    name = "poster"
+
+    def __init__(self, gw, event_type, period):
+        self.gw = gw
+        self.event_type = event_type
+        self.period = period
+        self.answered = {}     # seq -> i
+        self.t_answer = {}     # seq -> monotonic time of the 200
+        self.refused = []      # (i, status, body)
+        self.errors = []       # (i, repr(exception))
+        self.posted = 0
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="poster", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        t0 = time.monotonic()
+        i = 0
+        while not self._stop.is_set():
+            try:
+                r = self.gw.post({"event_type": self.event_type, "event_data": {"i": i}})
+                if r.status == 200 and isinstance(r.json, dict) and "seq" in r.json:
+                    self.answered[r.json["seq"]] = i
+                    self.t_answer[r.json["seq"]] = time.monotonic()
+                else:
+                    self.refused.append((i, r.status, r.body[:200]))
+            except Exception as e:  # noqa: BLE001 - the test asserts on errors
+                self.errors.append((i, repr(e)))
+            i += 1
+            self.posted = i
+            delay = t0 + i * self.period - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def answered_count(self):
+        return len(self.answered)
+
+    def stop(self, timeout=30):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise AssertionError("poster did not stop within %ds" % timeout)
+
+    def cleanup(self):
+        try:
+            self.stop()
+        except AssertionError:
+            pass
+
+
+class ReadyzMonitor:
+    """Samples GET /readyz of a gateway every `interval` seconds from a thread;
+    samples is [(monotonic time, status or None)]. Track it with
+    IntegrationCase.track() (cleanup() stops it)."""
+
+    name = "readyz"
+
+    def __init__(self, gw, interval=0.05):
+        self.gw = gw
+        self.interval = interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="readyz", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.gw._get_status("/readyz")))
+            self._stop.wait(self.interval)
+
+    def between(self, t0, t1=None):
+        """Statuses sampled in [t0, t1] (t1 None = until now)."""
+        return [s for t, s in list(self.samples) if t >= t0 and (t1 is None or t <= t1)]
+
+    def first(self, status, after):
+        """Time of the first sample with status at or after `after`, or None."""
+        for t, s in list(self.samples):
+            if t >= after and s == status:
+                return t
+        return None
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def cleanup(self):
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# Broker security (SPEC section 6): certificates made with Debian's openssl
+# CLI, a mosquitto password file made with mosquitto_passwd, the mosquitto
+# lines that require both, and MQTT clients (subscriber, publisher) that
+# connect with TLS and a user name.
+# ---------------------------------------------------------------------------
+
+OPENSSL = os.environ.get("R2M_OPENSSL", "openssl")
+MOSQUITTO_PASSWD = os.environ.get("R2M_MOSQUITTO_PASSWD", "mosquitto_passwd")
+
+
+def _run_tool(argv, cwd):
+    p = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    if p.returncode != 0:
+        raise AssertionError("%s failed with %d:\n%s" % (" ".join(argv), p.returncode,
+                                                          p.stdout.decode("utf-8", "replace")))
+
+
+def make_ca(workdir, name, cn=None):
+    """A self-signed CA (EC P-256, valid 2 days) in workdir; returns
+    (cert path, key path)."""
+    crt = os.path.join(workdir, name + ".crt")
+    key = os.path.join(workdir, name + ".key")
+    _run_tool([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt,
+               "-days", "2", "-subj", "/CN=" + (cn or name),
+               "-addext", "basicConstraints=critical,CA:TRUE",
+               "-addext", "keyUsage=critical,keyCertSign,cRLSign"], workdir)
+    return crt, key
+
+
+def make_cert(workdir, name, ca, cn, san):
+    """A server certificate signed by ca = (cert, key) for subject CN cn and
+    subjectAltName san (e.g. "IP:127.0.0.1,DNS:localhost"); returns
+    (cert path, key path)."""
+    crt = os.path.join(workdir, name + ".crt")
+    key = os.path.join(workdir, name + ".key")
+    csr = os.path.join(workdir, name + ".csr")
+    ext = os.path.join(workdir, name + ".ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=%s\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n" % san)
+    _run_tool([OPENSSL, "req", "-new", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", csr,
+               "-subj", "/CN=" + cn], workdir)
+    _run_tool([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
+               "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
+               "-extfile", ext, "-out", crt], workdir)
+    return crt, key
+
+
+def make_password_file(workdir, users, name="passwd"):
+    """A mosquitto password file for users {name: password}; returns its path.
+    Call again with the same name to replace it (then SIGHUP the broker)."""
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+        os.unlink(path)
+    first = True
+    for user, password in users.items():
+        _run_tool([MOSQUITTO_PASSWD] + (["-c"] if first else []) + ["-b", path, user, password],
+                  workdir)
+        first = False
+    return path
+
+
+def broker_security_conf(cert=None, ca=None, password_file=None):
+    """extra_conf for Broker: the listener speaks TLS 1.2+ with cert =
+    (cert path, key path) (ca: the CA file mosquitto needs alongside), and/or
+    requires a user name and password from password_file."""
+    lines = []
+    if cert:
+        lines += ["cafile %s" % ca, "certfile %s" % cert[0], "keyfile %s" % cert[1],
+                  "tls_version tlsv1.2"]
+    if password_file:
+        # Later lines win: this overrides Broker's "allow_anonymous true".
+        lines += ["allow_anonymous false", "password_file %s" % password_file]
+    return "\n".join(lines)
+
+
+def mqtt_client_security(client, ca_file=None, username=None, password=None, verify=True):
+    """Sets up a paho client for TLS (ca_file: verify the broker's certificate
+    and host name against it) and/or a user name and password."""
+    if ca_file:
+        import ssl
+        client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if not verify:
+            client.tls_insecure_set(True)
+    if username is not None:
+        client.username_pw_set(username, password)
+
+
+class SecureSubscriber(Subscriber):
+    """A Subscriber that connects with TLS (ca_file) and/or a user name."""
+
+    def __init__(self, port, topics=("#",), ca_file=None, username=None, password=None, **kw):
+        super().__init__(port, topics, **kw)
+        mqtt_client_security(self.client, ca_file, username, password)
+
+
+class SecurePublisher(Publisher):
+    """A Publisher that connects with TLS (ca_file) and/or a user name."""
+
+    def __init__(self, port, ca_file=None, username=None, password=None, **kw):
+        super().__init__(port, **kw)
+        mqtt_client_security(self.client, ca_file, username, password)
+
+
+def mqtt_connack(port, ca_file=None, username=None, password=None, verify=True, timeout=10):
+    """Connects one MQTT 3.1.1 client and returns the CONNACK code (0 = accepted),
+    or the exception text when the connection (e.g. the TLS handshake) fails."""
+    c = mqtt.Client(client_id=unique("r2m-it-probe"), protocol=mqtt.MQTTv311)
+    mqtt_client_security(c, ca_file, username, password, verify)
+    got = []
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, rc, properties=None):
+        got.append(rc)
+        done.set()
+    c.on_connect = on_connect
+    failed = None
+    import gc
+    import warnings
+    # paho 1.6 leaves the socket of a failed handshake to the collector.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            c.connect("127.0.0.1", port, keepalive=30)
+        except Exception as e:  # noqa: BLE001 - the failure is the answer
+            failed = "%s: %s" % (type(e).__name__, e)
+        gc.collect()
+    if failed is not None:
+        return failed
+    c.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got[0] if got else "no CONNACK within %ds" % timeout
+
+
+def secure_retained(port, topic_filters, timeout=10, **security):
+    """retained() for a broker that wants TLS and/or a password."""
+    s = SecureSubscriber(port, topic_filters, protocol=mqtt.MQTTv311, **security)
+    s.start(timeout)
+    try:
+        s.sync(timeout)
+        return {m.topic: m for m in s.snapshot() if m.topic != s.sync_topic}
+    finally:
+        s.stop()
+
+
+# ---------------------------------------------------------------------------
+# Hostile HTTP clients and journal damage (test_http_hostile.py,
+# test_journal_damage.py): a raw HTTP/1.1 client that sends any bytes and reads
+# one answer at a time, the gateway's memory and file descriptors from /proc,
+# log lines written after a mark, an independent reader of the journal's
+# on-disk record format, and a gateway run under a file size limit.
+# ---------------------------------------------------------------------------
+
+def proc_status_kib(pid, field="VmRSS"):
+    """A "<field>: N kB" value of /proc/<pid>/status in KiB (None if absent)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def open_fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+class RawAnswer:
+    """One HTTP answer read by RawHttp: status (None if the server closed or
+    timed out before a status line), lower-case headers, body, and whether the
+    server closes the connection after it."""
+
+    def __init__(self, status, headers, body, closes, error=None):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.closes = closes
+        self.error = error
+
+    def __repr__(self):
+        return "<raw %s %r %r%s>" % (self.status, self.headers, self.body[:200],
+                                     " error=%s" % self.error if self.error else "")
+
+
+class RawHttp:
+    """A client connection for hand-made requests: send() any bytes, answer()
+    reads exactly one response (Content-Length or chunked body; to EOF
+    otherwise). ask() reconnects first when the previous answer closed the
+    connection, so one RawHttp serves a keep-alive series of requests."""
+
+    def __init__(self, port, timeout=10, host="127.0.0.1"):
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+        self.sock = None
+        self.buf = b""
+        self.connects = 0
+
+    def connect(self):
+        self.close()
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.connects += 1
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+
+    def send(self, data):
+        """Sends data; returns an error text instead of raising (the server
+        may answer and close before it read everything)."""
+        try:
+            self.sock.sendall(data)
+            return None
+        except OSError as e:
+            return "send: %s" % e
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed by the server")
+        self.buf += chunk
+
+    def _until(self, sep):
+        while sep not in self.buf:
+            self._fill()
+        line, _, self.buf = self.buf.partition(sep)
+        return line
+
+    def _exactly(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def answer(self, head_only=False):
+        try:
+            head = self._until(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            m = re.match(rb"HTTP/1\.[01] (\d{3})", lines[0])
+            if not m:
+                self.close()
+                return RawAnswer(None, {}, head, True, "bad status line %r" % lines[0][:80])
+            status = int(m.group(1))
+            headers = {}
+            for ln in lines[1:]:
+                k, _, v = ln.partition(b":")
+                headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+            closes = headers.get("connection", "").lower() == "close"
+            if head_only or status in (100, 204, 304):
+                body = b""
+            elif "content-length" in headers:
+                body = self._exactly(int(headers["content-length"]))
+            elif headers.get("transfer-encoding", "").lower() == "chunked":
+                body = b""
+                while True:
+                    size = int(self._until(b"\r\n").split(b";")[0], 16)
+                    if size == 0:
+                        self._until(b"\r\n")
+                        break
+                    body += self._exactly(size)
+                    self._exactly(2)
+            else:
+                body = self.buf
+                try:
+                    while True:
+                        self._fill()
+                except EOFError:
+                    pass
+                body, self.buf, closes = self.buf, b"", True
+            if closes:
+                self.close()
+            return RawAnswer(status, headers, body, closes)
+        except (EOFError, OSError) as e:
+            self.close()
+            return RawAnswer(None, {}, b"", True, "%s: %s" % (type(e).__name__, e))
+
+    def ask(self, data):
+        """Sends one request (reconnecting if needed) and reads its answer."""
+        if self.sock is None:
+            self.connect()
+        err = self.send(data)
+        a = self.answer()
+        if a.status is None and err:
+            a.error = "%s; %s" % (err, a.error)
+        return a
+
+
+def log_mark(path):
+    """The current size of a log file: pass it to log_lines_since()."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_lines_since(path, mark, pattern):
+    """Lines written to a log file after log_mark() returned mark that match
+    the regular expression pattern."""
+    rx = re.compile(pattern)
+    try:
+        with open(path, "rb") as f:
+            f.seek(mark)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if rx.search(line)]
+
+
+# The journal's record format as gateway/journal.c's header comment documents
+# it, read here independently: u32 magic "R2MJ", u32 crc32 of every byte after
+# it, u64 seq, u32 topic_len, u32 payload_len, topic, payload (little-endian).
+JOURNAL_MAGIC = 0x4a4d3252
+JOURNAL_HEADER = 24
+
+
+def journal_segments(store_dir):
+    """Paths of <store_dir>/journal/seg-*.log, oldest first."""
+    d = os.path.join(store_dir, "journal")
+    if not os.path.isdir(d):
+        return []
+    return [os.path.join(d, n) for n in sorted(os.listdir(d))
+            if re.match(r"^seg-[0-9]{20}\.log$", n)]
+
+
+class JournalRecord:
+    __slots__ = ("offset", "length", "seq", "topic", "payload")
+
+    def __init__(self, offset, length, seq, topic, payload):
+        self.offset = offset
+        self.length = length
+        self.seq = seq
+        self.topic = topic
+        self.payload = payload
+
+    def __repr__(self):
+        return "<record seq=%d @%d+%d %s>" % (self.seq, self.offset, self.length, self.topic)
+
+
+def journal_read_segment(path):
+    """(records, offset where the valid records end, file size): every record
+    from the start of the file up to the first one that is incomplete or whose
+    magic or CRC is wrong."""
+    import struct
+    import zlib
+    with open(path, "rb") as f:
+        data = f.read()
+    recs = []
+    off = 0
+    while len(data) - off >= JOURNAL_HEADER:
+        magic, crc, seq, tl, pl = struct.unpack_from("<IIQII", data, off)
+        n = JOURNAL_HEADER + tl + pl
+        if magic != JOURNAL_MAGIC or len(data) - off < n:
+            break
+        if zlib.crc32(data[off + 8:off + n]) != crc:
+            break
+        topic = data[off + JOURNAL_HEADER:off + JOURNAL_HEADER + tl].decode("utf-8", "replace")
+        recs.append(JournalRecord(off, n, seq, topic, data[off + JOURNAL_HEADER + tl:off + n]))
+        off += n
+    return recs, off, len(data)
+
+
+class FsizeGateway(Gateway):
+    """A Gateway run under a file size limit (RLIMIT_FSIZE, what `prlimit
+    --fsize` sets): a journal write beyond it fails with EFBIG, the way a full
+    disk makes it fail. fsize=None: no limit. Its output goes through a pipe
+    (copied into the log file by a thread), so that the limit does not also
+    stop the gateway from logging. set_fsize() changes the limit of the
+    running process ("the disk has room again")."""
+
+    def __init__(self, workdir, broker_port, fsize=None, **kw):
+        super().__init__(workdir, broker_port, **kw)
+        self.fsize = fsize
+        self._pump = None
+
+    def _spawn(self, argv, env=None):
+        import resource
+        limit = self.fsize
+
+        def preexec():
+            # Only the soft limit: set_fsize() can then lift it again without
+            # CAP_SYS_RESOURCE.
+            if limit is not None:
+                hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
+        self._note("start %s (file size limit %s)"
+                   % (" ".join(argv), limit if limit is not None else "none"))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=self.workdir,
+                                     preexec_fn=preexec)
+        out = self.proc.stdout
+
+        def pump():
+            with open(self.log_path, "ab") as log:
+                for line in iter(out.readline, b""):
+                    log.write(line)
+                    log.flush()
+            out.close()
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    def set_fsize(self, limit):
+        """Sets the running gateway's (soft) file size limit; None: back to
+        the hard limit (unlimited unless the test runs under one)."""
+        import resource
+        hard = resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE)[1]
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE,
+                         (hard if limit is None else limit, hard))
+        self._note("file size limit now %s" % (limit if limit is not None else "none"))
+
+    def signal_stop(self, sig=signal.SIGTERM, timeout=30):
+        rc = super().signal_stop(sig, timeout)
+        if self._pump is not None:
+            self._pump.join(5)
+        return rc
