@@ -184,6 +184,25 @@ static bool authorized(struct http *h, struct MHD_Connection *conn)
     return auth && strncasecmp(auth, "Bearer ", 7) == 0 && token_equal(auth + 7, want);
 }
 
+struct clen_check {
+    const char *first;
+    bool conflict;
+};
+
+static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                            const char *value)
+{
+    struct clen_check *cc = cls;
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+        return MHD_YES;
+    if (!cc->first)
+        cc->first = value;
+    else if (strcmp(cc->first, value ? value : "") != 0)
+        cc->conflict = true;
+    return MHD_YES;
+}
+
 static bool is_reserved(const char *url)
 {
     return strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
@@ -297,8 +316,8 @@ static enum MHD_Result submit(struct http *h, struct MHD_Connection *conn, struc
     case INGEST_FULL:
     case INGEST_ERROR:
     default:
+        /* ingest and the journal log the episode once; not every refusal. */
         metrics_inc(METRIC_EVENTS_REFUSED);
-        log_warn("http: event refused (503): %s", detail);
         return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, detail);
     }
 
@@ -371,6 +390,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return queue_error(h, conn, MHD_HTTP_UNAUTHORIZED,
                            "missing or wrong token: add ?token=... to the URL or send "
                            "Authorization: Bearer ...");
+    }
+    /* Two Content-Length headers that disagree make the body's end ambiguous
+     * (request smuggling behind a proxy): refuse (RFC 9112, 6.3). */
+    struct clen_check cc = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_content_length, &cc);
+    if (cc.conflict) {
+        metrics_inc(METRIC_EVENTS_REJECTED);
+        return queue_error(h, conn, MHD_HTTP_BAD_REQUEST, "conflicting Content-Length headers");
     }
     const char *clen =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -480,6 +507,7 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in,
         flags, (uint16_t)cfg->http.port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
         log_mhd, h, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->http.timeout_s,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http.threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);

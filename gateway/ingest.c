@@ -38,6 +38,7 @@ struct ingest {
     struct journal *j;
     pthread_mutex_t lock;
     struct state *st;      /* under lock */
+    bool full;             /* under lock: refusing because the journal is full */
     _Atomic uint64_t saved_seq; /* seq covered by the snapshot on disk */
     char path[PATH_MAX];   /* <store.dir>/state.json */
     char tmp[PATH_MAX];
@@ -188,6 +189,16 @@ enum ingest_result ingest_event(struct ingest *in, const char *body, size_t len,
     enum journal_error jerr = journal_append(in->j, msg.topic, msg.head, msg.head_len, seq);
     if (jerr == JOURNAL_OK)
         state_apply(in->st, &ev, *seq);
+    /* One line when the journal fills up and one when it has room again, not
+     * one per refused webhook. */
+    if ((jerr == JOURNAL_FULL) != in->full) {
+        in->full = jerr == JOURNAL_FULL;
+        if (in->full)
+            log_warn("ingest: journal full (store.max_bytes): answering 503 until the broker "
+                     "takes the backlog");
+        else
+            log_info("ingest: journal has room again: accepting events");
+    }
     pthread_mutex_unlock(&in->lock);
 
     switch (jerr) {

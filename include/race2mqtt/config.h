@@ -54,8 +54,9 @@ struct config {
         char *token_file;    /* path; its content becomes token */
         long max_body;       /* bytes, default 65536 */
         char *cors_origin;   /* default * */
-        int max_connections; /* default 64 */
-        int timeout_s;       /* idle/slow connection timeout, default 15 */
+        int max_connections; /* default 512 */
+        int max_connections_per_ip; /* 0 = no per-address limit (default) */
+        int timeout_s;       /* inactivity timeout, default 10 */
         int threads;         /* worker threads, default 2 */
     } http;
     struct {

@@ -152,8 +152,9 @@ static void test_defaults(void **state)
     assert_null(c.http.token_file);
     assert_int_equal(c.http.max_body, 65536);
     assert_string_equal(c.http.cors_origin, "*");
-    assert_int_equal(c.http.max_connections, 64);
-    assert_int_equal(c.http.timeout_s, 15);
+    assert_int_equal(c.http.max_connections, 512);
+    assert_int_equal(c.http.max_connections_per_ip, 0);
+    assert_int_equal(c.http.timeout_s, 10);
     assert_int_equal(c.http.threads, 2);
     assert_true(c.smartrace.enabled);
     assert_string_equal(c.smartrace.base_topic, "smartrace");
