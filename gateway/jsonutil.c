@@ -14,10 +14,7 @@
 
 #include <json-c/json.h>
 
-static void ju_detail(char *detail, size_t detail_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void ju_detail(char *detail, size_t detail_len, const char *fmt, ...)
+void jsonutil_detail(char *detail, size_t detail_len, const char *fmt, ...)
 {
     if (!detail || detail_len == 0)
         return;
@@ -200,21 +197,21 @@ enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, si
     if (!b)
         blen = 0;
     if (alen > INT_MAX / 2 || blen > INT_MAX / 2) {
-        ju_detail(detail, detail_len, "invalid JSON: body too large");
+        jsonutil_detail(detail, detail_len, "invalid JSON: body too large");
         goto done;
     }
     /* json-c stops at a NUL byte and would report success on the part before it. */
     if ((nul = memchr(a, '\0', alen)) != NULL) {
-        ju_detail(detail, detail_len, "invalid JSON at byte %zu: NUL byte", (size_t)(nul - a));
+        jsonutil_detail(detail, detail_len, "invalid JSON at byte %zu: NUL byte", (size_t)(nul - a));
         goto done;
     }
     if (blen && memchr(b, '\0', blen)) {
-        ju_detail(detail, detail_len, "invalid JSON: NUL byte");
+        jsonutil_detail(detail, detail_len, "invalid JSON: NUL byte");
         goto done;
     }
     size_t bad = jsonutil_utf8_check((const unsigned char *)a, alen);
     if (bad != alen || (blen && jsonutil_utf8_check((const unsigned char *)b, blen) != blen)) {
-        ju_detail(detail, detail_len, "invalid JSON at byte %zu: invalid UTF-8", bad);
+        jsonutil_detail(detail, detail_len, "invalid JSON at byte %zu: invalid UTF-8", bad);
         goto done;
     }
     /* json-c counts a scalar leaf as one more level than its container, so
@@ -222,7 +219,7 @@ enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, si
     tok = json_tokener_new_ex(max_depth + 1);
     if (!tok) {
         rc = JSONUTIL_ERR_NOMEM;
-        ju_detail(detail, detail_len, "out of memory");
+        jsonutil_detail(detail, detail_len, "out of memory");
         goto done;
     }
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -249,11 +246,11 @@ enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, si
     if (jerr != json_tokener_success) {
         if (jerr == json_tokener_error_depth) {
             rc = JSONUTIL_ERR_DEPTH;
-            ju_detail(detail, detail_len, "JSON nested deeper than %d levels", max_depth);
+            jsonutil_detail(detail, detail_len, "JSON nested deeper than %d levels", max_depth);
         } else if (jerr == json_tokener_continue) {
-            ju_detail(detail, detail_len, "invalid JSON: truncated after %zu bytes", alen + blen);
+            jsonutil_detail(detail, detail_len, "invalid JSON: truncated after %zu bytes", alen + blen);
         } else {
-            ju_detail(detail, detail_len, "invalid JSON at byte %zu: %s",
+            jsonutil_detail(detail, detail_len, "invalid JSON at byte %zu: %s",
                       offset + json_tokener_get_parse_end(tok), json_tokener_error_desc(jerr));
         }
         goto done;
@@ -261,11 +258,11 @@ enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, si
     struct ju_lex lx = {false, false};
     if ((bad = ju_quote_scan(&lx, a, alen)) != alen ||
         (blen && (bad = alen + ju_quote_scan(&lx, b, blen)) != alen + blen)) {
-        ju_detail(detail, detail_len, "invalid JSON at byte %zu: single quote", bad);
+        jsonutil_detail(detail, detail_len, "invalid JSON at byte %zu: single quote", bad);
         goto done;
     }
     if (obj && !jsonutil_numbers_ok(obj)) {
-        ju_detail(detail, detail_len,
+        jsonutil_detail(detail, detail_len,
                   "invalid JSON: number not allowed (NaN, Infinity or malformed)");
         goto done;
     }

@@ -104,19 +104,6 @@ const char *rr_device_type_name(enum rr_device_type t)
     return "unknown";
 }
 
-static void rr_detail(char *detail, size_t detail_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void rr_detail(char *detail, size_t detail_len, const char *fmt, ...)
-{
-    if (!detail || detail_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(detail, detail_len, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- reading the tree --------------------------------------------------- */
 
 /* Member key of o (borrowed) when o is an object and the member has type t;
@@ -285,16 +272,16 @@ enum rr_error rr_parse_devices(const char *body, size_t len, struct rr_device_li
         goto fail;
     rc = RR_ERR_SHAPE;
     if (!json_object_is_type(root, json_type_object)) {
-        rr_detail(detail, detail_len, "top level is a JSON %s, not an object",
+        jsonutil_detail(detail, detail_len, "top level is a JSON %s, not an object",
                   json_type_to_name(json_object_get_type(root)));
         goto fail;
     }
     if (!json_object_object_get_ex(root, "Devices", &devices)) {
-        rr_detail(detail, detail_len, "no Devices member");
+        jsonutil_detail(detail, detail_len, "no Devices member");
         goto fail;
     }
     if (devices && !json_object_is_type(devices, json_type_array)) {
-        rr_detail(detail, detail_len, "Devices is a JSON %s, not an array",
+        jsonutil_detail(detail, detail_len, "Devices is a JSON %s, not an array",
                   json_type_to_name(json_object_get_type(devices)));
         goto fail;
     }
@@ -303,7 +290,7 @@ enum rr_error rr_parse_devices(const char *body, size_t len, struct rr_device_li
         out->devices = calloc(n, sizeof *out->devices);
         if (!out->devices) {
             rc = RR_ERR_NOMEM;
-            rr_detail(detail, detail_len, "out of memory");
+            jsonutil_detail(detail, detail_len, "out of memory");
             goto fail;
         }
     }
@@ -521,7 +508,7 @@ enum rr_error rr_parse_detections(const char *body, size_t len, struct rr_passin
         goto fail;
     if (root && !json_object_is_type(root, json_type_array)) {
         rc = RR_ERR_SHAPE;
-        rr_detail(detail, detail_len, "top level is a JSON %s, not an array",
+        jsonutil_detail(detail, detail_len, "top level is a JSON %s, not an array",
                   json_type_to_name(json_object_get_type(root)));
         goto fail;
     }
@@ -530,7 +517,7 @@ enum rr_error rr_parse_detections(const char *body, size_t len, struct rr_passin
         out->items = calloc(n, sizeof *out->items);
         if (!out->items) {
             rc = RR_ERR_NOMEM;
-            rr_detail(detail, detail_len, "out of memory");
+            jsonutil_detail(detail, detail_len, "out of memory");
             goto fail;
         }
     }

@@ -104,19 +104,6 @@ static const struct sr_type *sr_type_find(const char *name)
     return NULL;
 }
 
-static void sr_detail(char *detail, size_t detail_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void sr_detail(char *detail, size_t detail_len, const char *fmt, ...)
-{
-    if (!detail || detail_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(detail, detail_len, fmt, ap);
-    va_end(ap);
-}
-
 static int sr_isdigit(char c)
 {
     return c >= '0' && c <= '9';
@@ -255,31 +242,31 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
     struct json_object *v = NULL;
 
     if (!json_object_is_type(root, json_type_object)) {
-        sr_detail(detail, detail_len, "top level is a JSON %s, not an object",
+        jsonutil_detail(detail, detail_len, "top level is a JSON %s, not an object",
                   json_type_to_name(json_object_get_type(root)));
         return SR_ERR_NOT_OBJECT;
     }
     if (!json_object_object_get_ex(root, "event_type", &v)) {
-        sr_detail(detail, detail_len, "missing event_type");
+        jsonutil_detail(detail, detail_len, "missing event_type");
         return SR_ERR_NO_EVENT_TYPE;
     }
     if (!json_object_is_type(v, json_type_string)) {
-        sr_detail(detail, detail_len, "event_type is a %s, not a string",
+        jsonutil_detail(detail, detail_len, "event_type is a %s, not a string",
                   json_type_to_name(json_object_get_type(v)));
         return SR_ERR_EVENT_TYPE;
     }
     size_t tlen = (size_t)json_object_get_string_len(v);
     const char *type = json_object_get_string(v);
     if (tlen == 0) {
-        sr_detail(detail, detail_len, "event_type is empty");
+        jsonutil_detail(detail, detail_len, "event_type is empty");
         return SR_ERR_EVENT_TYPE;
     }
     if (tlen > SMARTRACE_MAX_TYPE_LEN) {
-        sr_detail(detail, detail_len, "event_type longer than %d bytes", SMARTRACE_MAX_TYPE_LEN);
+        jsonutil_detail(detail, detail_len, "event_type longer than %d bytes", SMARTRACE_MAX_TYPE_LEN);
         return SR_ERR_EVENT_TYPE;
     }
     if (strlen(type) != tlen) {
-        sr_detail(detail, detail_len, "event_type contains a NUL character");
+        jsonutil_detail(detail, detail_len, "event_type contains a NUL character");
         return SR_ERR_EVENT_TYPE;
     }
 
@@ -288,7 +275,7 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
     ev->time_ms = 0;
     if (json_object_object_get_ex(root, "time", &v) && v) {
         if (!smartrace_int(v, &ev->time_ms)) {
-            sr_detail(detail, detail_len, "time is a %s that is not a number of milliseconds",
+            jsonutil_detail(detail, detail_len, "time is a %s that is not a number of milliseconds",
                       json_type_to_name(json_object_get_type(v)));
             return SR_ERR_TIME;
         }
@@ -313,7 +300,7 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
             id = ev->data;
     }
     if (sr_set_controller(ev, id) != SR_OK) {
-        sr_detail(detail, detail_len, "out of memory");
+        jsonutil_detail(detail, detail_len, "out of memory");
         return SR_ERR_NOMEM;
     }
     return SR_OK;

@@ -41,6 +41,11 @@ enum jsonutil_error jsonutil_parse(const char *a, size_t alen, const char *b, si
                                    int max_depth, struct json_object **out, char *detail,
                                    size_t detail_len);
 
+/* Formats a one-line reason into detail (either may be NULL/0: nothing). The
+ * one formatter of the parsers' error details. */
+void jsonutil_detail(char *detail, size_t detail_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Offset of the first byte of s[0..len) that is not strict UTF-8 (RFC 3629), or len. */
 size_t jsonutil_utf8_check(const unsigned char *s, size_t len);
 
