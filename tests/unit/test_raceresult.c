@@ -57,24 +57,16 @@ static struct json_object *parse_back(char *text, size_t len)
     return o;
 }
 
-static struct json_object *member(struct json_object *o, const char *key)
-{
-    struct json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v))
-        fail_msg("member %s missing", key);
-    return v;
-}
-
 static void assert_null_member(struct json_object *o, const char *key)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (v)
         fail_msg("%s should be null, is %s", key, json_object_to_json_string(v));
 }
 
 static void assert_str_member(struct json_object *o, const char *key, const char *want)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_string))
         fail_msg("%s is not a string", key);
     assert_string_equal(json_object_get_string(v), want);
@@ -82,7 +74,7 @@ static void assert_str_member(struct json_object *o, const char *key, const char
 
 static void assert_int_member(struct json_object *o, const char *key, int64_t want)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_int))
         fail_msg("%s is not an integer", key);
     assert_int_equal(json_object_get_int64(v), want);
@@ -90,7 +82,7 @@ static void assert_int_member(struct json_object *o, const char *key, int64_t wa
 
 static void assert_bool_member(struct json_object *o, const char *key, bool want)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_boolean))
         fail_msg("%s is not a boolean", key);
     assert_int_equal(json_object_get_boolean(v), want);
@@ -99,7 +91,7 @@ static void assert_bool_member(struct json_object *o, const char *key, bool want
 /* A number member printed exactly as text (json-c prints the source text). */
 static void assert_num_text(struct json_object *o, const char *key, const char *text)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_int) && !json_object_is_type(v, json_type_double))
         fail_msg("%s is not a number", key);
     assert_string_equal(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN), text);
@@ -108,7 +100,7 @@ static void assert_num_text(struct json_object *o, const char *key, const char *
 static void assert_keys(struct json_object *o, const char *const *keys, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        member(o, keys[i]);
+        test_member(o, keys[i]);
     assert_int_equal(json_object_object_length(o), n);
 }
 
@@ -125,7 +117,7 @@ static struct json_object *status_of(const struct rr_device *d)
     char *text = rr_status_payload(d, &len);
     struct json_object *o = parse_back(text, len);
     assert_keys(o, status_keys, sizeof status_keys / sizeof status_keys[0]);
-    assert_true(json_object_equal(member(o, "raw"), d->raw));
+    assert_true(json_object_equal(test_member(o, "raw"), d->raw));
     return o;
 }
 
@@ -135,7 +127,7 @@ static struct json_object *passing_of(const struct rr_passing *p, const char *de
     char *text = rr_passing_payload(p, device, &len);
     struct json_object *o = parse_back(text, len);
     assert_keys(o, passing_keys, sizeof passing_keys / sizeof passing_keys[0]);
-    assert_true(json_object_equal(member(o, "raw"), p->raw));
+    assert_true(json_object_equal(test_member(o, "raw"), p->raw));
     return o;
 }
 
@@ -182,7 +174,7 @@ static void test_devices_three_shapes(void **state)
     devices_file("devices_three_shapes.json", &l);
     assert_int_equal(l.count, 3);
     assert_int_equal(l.skipped, 0);
-    struct json_object *arr = member(l.root, "Devices");
+    struct json_object *arr = test_member(l.root, "Devices");
 
     const struct rr_device *d = &l.devices[0];
     assert_string_equal(d->id, "D-5120");
@@ -204,7 +196,7 @@ static void test_devices_three_shapes(void **state)
     assert_int_member(s, "file", 52);
     assert_bool_member(s, "timing_mode", true);
     assert_int_member(s, "error_flags", 16);
-    struct json_object *pos = member(s, "position");
+    struct json_object *pos = test_member(s, "position");
     assert_num_text(pos, "latitude", "47.36912");
     assert_num_text(pos, "longitude", "8.53805");
     assert_null_member(pos, "altitude");
@@ -233,7 +225,7 @@ static void test_devices_three_shapes(void **state)
     assert_int_member(s, "file", 7);
     assert_str_member(s, "timing_mode", "SYNC");
     assert_null_member(s, "error_flags");
-    pos = member(s, "position");
+    pos = test_member(s, "position");
     assert_num_text(pos, "latitude", "46.0207");
     assert_num_text(pos, "longitude", "-7.74912");
     assert_int_member(pos, "altitude", 1088);
@@ -261,7 +253,7 @@ static void test_devices_three_shapes(void **state)
     assert_int_member(s, "file", 12);
     assert_null_member(s, "timing_mode");
     assert_null_member(s, "error_flags");
-    pos = member(s, "position");
+    pos = test_member(s, "position");
     assert_num_text(pos, "latitude", "52.52001");
     assert_num_text(pos, "longitude", "13.40495");
     assert_int_member(pos, "altitude", 431);
@@ -457,7 +449,7 @@ static void test_devices_hostile(void **state)
     assert_null_member(s, "timing_mode");
     assert_null_member(s, "error_flags");
     assert_null_member(s, "firmware");
-    struct json_object *pos = member(s, "position");
+    struct json_object *pos = test_member(s, "position");
     assert_num_text(pos, "latitude", "1.5");
     assert_num_text(pos, "longitude", "0");
     assert_null_member(pos, "altitude");
@@ -642,7 +634,7 @@ static void test_ubidium_detections(void **state)
     assert_int_member(p, "hits", 11);
     assert_int_member(p, "rssi", -68);
     assert_num_text(p, "battery", "3.1"); /* bat 31 = 3.1 V */
-    assert_true(json_object_get_double(member(p, "battery")) == 3.1);
+    assert_true(json_object_get_double(test_member(p, "battery")) == 3.1);
     json_object_put(p);
 
     /* passive: no transp.active, so no battery */
@@ -758,7 +750,7 @@ static void test_detections_hostile(void **state)
     /* a NUL inside the time: carried, but not a time */
     assert_int_equal(l.items[4].kind, RR_TRACKPING);
     p = passing_of(&l.items[4], "T-1");
-    assert_int_equal(json_object_get_string_len(member(p, "time")), 22);
+    assert_int_equal(json_object_get_string_len(test_member(p, "time")), 22);
     assert_null_member(p, "time_ms");
     assert_str_member(p, "transponder", "a/b+c#");
     json_object_put(p);
@@ -939,7 +931,7 @@ static void test_huge_strings(void **state)
                      RR_ID_MAX - 1);
     assert_int_equal(strlen(l.devices[0].level), TOPIC_LEVEL_MAX);
     struct json_object *s = status_of(&l.devices[0]);
-    assert_int_equal(json_object_get_string_len(member(s, "name")), n);
+    assert_int_equal(json_object_get_string_len(test_member(s, "name")), n);
     json_object_put(s);
     rr_device_list_cleanup(&l);
 
@@ -950,7 +942,7 @@ static void test_huge_strings(void **state)
     struct rr_passing_list pl;
     assert_int_equal(rr_parse_detections(body, strlen(body), &pl, detail, sizeof detail), RR_OK);
     struct json_object *p = passing_of(&pl.items[0], "D-1");
-    assert_int_equal(json_object_get_string_len(member(p, "transponder")), n);
+    assert_int_equal(json_object_get_string_len(test_member(p, "transponder")), n);
     json_object_put(p);
     rr_passing_list_cleanup(&pl);
 

@@ -56,14 +56,6 @@ static struct json_object *seal_and_parse(const struct sr_message *msg, uint64_t
     return o;
 }
 
-static struct json_object *member(struct json_object *o, const char *key)
-{
-    struct json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v))
-        fail_msg("member %s missing", key);
-    return v;
-}
-
 static bool has_member(struct json_object *o, const char *key)
 {
     return json_object_object_get_ex(o, key, NULL);
@@ -148,10 +140,10 @@ static void check_body(const char *name, const char *body, size_t len)
     struct mapped m;
     map_body(body, len, &m);
 
-    const char *type = json_object_get_string(member(ref, "event_type"));
+    const char *type = json_object_get_string(test_member(ref, "event_type"));
     assert_string_equal(m.ev.type, type);
-    assert_string_equal(json_object_get_string(member(m.payload, "event_type")), type);
-    assert_int_equal(json_object_get_uint64(member(m.payload, "seq")), 77);
+    assert_string_equal(json_object_get_string(test_member(m.payload, "event_type")), type);
+    assert_int_equal(json_object_get_uint64(test_member(m.payload, "seq")), 77);
 
     /* topic: base, then only clean non-empty levels */
     assert_memory_equal(m.msg.topic, BASE "/", strlen(BASE) + 1);
@@ -160,7 +152,7 @@ static void check_body(const char *name, const char *body, size_t len)
     assert_true(m.msg.topic[strlen(m.msg.topic) - 1] != '/');
 
     /* time as sent (a numeric string comes out as the same integer) */
-    struct json_object *rt = NULL, *pt = member(m.payload, "time");
+    struct json_object *rt = NULL, *pt = test_member(m.payload, "time");
     json_object_object_get_ex(ref, "time", &rt);
     if (!rt) {
         assert_null(pt);
@@ -178,13 +170,13 @@ static void check_body(const char *name, const char *body, size_t len)
     /* data exactly as sent */
     struct json_object *rd = NULL;
     json_object_object_get_ex(ref, "event_data", &rd);
-    if (!json_object_equal(rd, member(m.payload, "data")))
+    if (!json_object_equal(rd, test_member(m.payload, "data")))
         fail_msg("%s: data differs: %s", name, m.msg.head);
 
     /* controller_id: a string (or null) exactly on per-controller topics */
     if (is_per_controller(type)) {
         assert_true(m.ev.per_controller);
-        struct json_object *cid = member(m.payload, "controller_id");
+        struct json_object *cid = test_member(m.payload, "controller_id");
         const char *last = strrchr(m.msg.topic, '/') + 1;
         assert_string_equal(last, m.ev.controller_level);
         if (m.ev.has_controller) {
@@ -326,16 +318,16 @@ static void test_fixture_topics_and_fields(void **state)
             assert_false(has_member(m.payload, "controller_id"));
         } else if (!x->controller_id[0]) {
             assert_false(m.ev.has_controller);
-            assert_null(member(m.payload, "controller_id"));
+            assert_null(test_member(m.payload, "controller_id"));
         } else {
             assert_true(m.ev.has_controller);
-            assert_string_equal(json_object_get_string(member(m.payload, "controller_id")),
+            assert_string_equal(json_object_get_string(test_member(m.payload, "controller_id")),
                                 x->controller_id);
         }
         if (x->laptime_ms < 0) {
             assert_false(has_member(m.payload, "laptime_ms"));
         } else {
-            struct json_object *lt = member(m.payload, "laptime_ms");
+            struct json_object *lt = test_member(m.payload, "laptime_ms");
             assert_true(json_object_is_type(lt, json_type_int));
             assert_int_equal(json_object_get_int64(lt), x->laptime_ms);
         }
@@ -351,13 +343,13 @@ static void test_time_string_and_absent(void **state)
     map_str("{\"time\":\"1718035209999\",\"event_type\":\"ui.reset\"}", &m);
     assert_true(m.ev.has_time);
     assert_int_equal(m.ev.time_ms, 1718035209999LL);
-    assert_int_equal(json_object_get_int64(member(m.payload, "time")), 1718035209999LL);
-    assert_null(member(m.payload, "data"));
+    assert_int_equal(json_object_get_int64(test_member(m.payload, "time")), 1718035209999LL);
+    assert_null(test_member(m.payload, "data"));
     mapped_cleanup(&m);
 
     map_str("{\"event_type\":\"ui.reset\"}", &m);
     assert_false(m.ev.has_time);
-    assert_null(member(m.payload, "time"));
+    assert_null(test_member(m.payload, "time"));
     mapped_cleanup(&m);
 
     map_str("{\"event_type\":\"ui.reset\",\"time\":1.7e12}", &m);
@@ -415,13 +407,13 @@ static void test_every_event_type(void **state)
         if (strcmp(m.msg.topic, topic) != 0)
             fail_msg("%s: topic %s, want %s", c->type, m.msg.topic, topic);
         assert_int_equal(m.ev.kind, c->kind);
-        assert_string_equal(json_object_get_string(member(m.payload, "event_type")), c->type);
-        assert_int_equal(json_object_get_int64(member(m.payload, "time")), 1000);
+        assert_string_equal(json_object_get_string(test_member(m.payload, "event_type")), c->type);
+        assert_int_equal(json_object_get_int64(test_member(m.payload, "time")), 1000);
         struct json_object *want = json_tokener_parse(c->data);
-        assert_true(json_object_equal(want, member(m.payload, "data")));
+        assert_true(json_object_equal(want, test_member(m.payload, "data")));
         json_object_put(want);
         if (m.ev.per_controller)
-            assert_string_equal(json_object_get_string(member(m.payload, "controller_id")), "7");
+            assert_string_equal(json_object_get_string(test_member(m.payload, "controller_id")), "7");
         mapped_cleanup(&m);
         /* also through the generic contract */
         check_body(c->type, body, strlen(body));
@@ -465,7 +457,7 @@ static void check_controller(const char *type, const char *data, bool has, const
     assert_string_equal(m.ev.controller_level, level);
     const char *last = strrchr(m.msg.topic, '/') + 1;
     assert_string_equal(last, level);
-    struct json_object *cid = member(m.payload, "controller_id");
+    struct json_object *cid = test_member(m.payload, "controller_id");
     if (has) {
         assert_true(json_object_is_type(cid, json_type_string));
         assert_int_equal(json_object_get_string_len(cid), strlen(id) + 0);
@@ -523,7 +515,7 @@ static void test_controller_id_hostile(void **state)
     assert_true(m.ev.has_controller);
     assert_string_equal(m.ev.controller_level, "a_b");
     assert_string_equal(m.msg.topic, BASE "/lap/a_b");
-    struct json_object *cid = member(m.payload, "controller_id");
+    struct json_object *cid = test_member(m.payload, "controller_id");
     assert_int_equal(json_object_get_string_len(cid), 3);
     assert_memory_equal(json_object_get_string(cid), "a\0b", 3);
     mapped_cleanup(&m);
@@ -546,7 +538,7 @@ static void test_controller_id_hostile(void **state)
     assert_true(idlen <= sizeof m.ev.controller_id - 1);
     assert_true(idlen >= sizeof m.ev.controller_id - 3);
     assert_true((idlen - 1) % 2 == 0); /* "x" + whole two-byte characters */
-    assert_int_equal(json_object_get_string_len(member(m.payload, "controller_id")), 1 + 2 * n);
+    assert_int_equal(json_object_get_string_len(test_member(m.payload, "controller_id")), 1 + 2 * n);
     mapped_cleanup(&m);
     free(body);
 }
@@ -572,7 +564,7 @@ static void test_laptime(void **state)
         if (cases[i].want < 0) {
             assert_false(has_member(m.payload, "laptime_ms"));
         } else {
-            assert_int_equal(json_object_get_int64(member(m.payload, "laptime_ms")), cases[i].want);
+            assert_int_equal(json_object_get_int64(test_member(m.payload, "laptime_ms")), cases[i].want);
         }
         mapped_cleanup(&m);
     }
@@ -734,7 +726,7 @@ static void test_embedded_nul(void **state)
     /* the escaped form is a valid string and stays inside data */
     struct mapped m;
     map_str("{\"event_type\":\"x\",\"event_data\":\"a\\u0000b\"}", &m);
-    assert_int_equal(json_object_get_string_len(member(m.payload, "data")), 3);
+    assert_int_equal(json_object_get_string_len(test_member(m.payload, "data")), 3);
     mapped_cleanup(&m);
 }
 
@@ -792,7 +784,7 @@ static void test_huge_strings(void **state)
     strcpy(body + k + n, "\"}}");
     struct mapped m;
     map_str(body, &m);
-    struct json_object *s = member(member(m.payload, "data"), "s");
+    struct json_object *s = test_member(test_member(m.payload, "data"), "s");
     assert_int_equal(json_object_get_string_len(s), n);
     mapped_cleanup(&m);
 
@@ -821,11 +813,11 @@ static void test_huge_numbers(void **state)
             "\"b\":-99999999999999999999999,\"c\":1e999,\"d\":-0.0,\"e\":1E+05,"
             "\"f\":18446744073709551615}}",
             &m);
-    struct json_object *d = member(m.payload, "data");
-    assert_true(json_object_is_type(member(d, "a"), json_type_int));
-    assert_int_equal(json_object_get_int64(member(d, "b")), INT64_MIN);
-    assert_true(json_object_is_type(member(d, "c"), json_type_double));
-    assert_int_equal(json_object_get_uint64(member(d, "f")), UINT64_MAX);
+    struct json_object *d = test_member(m.payload, "data");
+    assert_true(json_object_is_type(test_member(d, "a"), json_type_int));
+    assert_int_equal(json_object_get_int64(test_member(d, "b")), INT64_MIN);
+    assert_true(json_object_is_type(test_member(d, "c"), json_type_double));
+    assert_int_equal(json_object_get_uint64(test_member(d, "f")), UINT64_MAX);
     mapped_cleanup(&m);
 }
 
@@ -856,11 +848,11 @@ static void test_slashes_and_unicode_carried(void **state)
     map_str("{\"event_type\":\"x\",\"event_data\":{\"url\":\"cdvfile:\\/\\/a\\/b\","
             "\"t\":\"\\u00e9\\u2713\\ud83c\\udfc1\",\"c\":\"\\t\\n\\\"\\\\\"}}",
             &m);
-    struct json_object *d = member(m.payload, "data");
-    assert_string_equal(json_object_get_string(member(d, "url")), "cdvfile://a/b");
-    assert_string_equal(json_object_get_string(member(d, "t")),
+    struct json_object *d = test_member(m.payload, "data");
+    assert_string_equal(json_object_get_string(test_member(d, "url")), "cdvfile://a/b");
+    assert_string_equal(json_object_get_string(test_member(d, "t")),
                         "\xc3\xa9\xe2\x9c\x93\xf0\x9f\x8f\x81");
-    assert_string_equal(json_object_get_string(member(d, "c")), "\t\n\"\\");
+    assert_string_equal(json_object_get_string(test_member(d, "c")), "\t\n\"\\");
     /* NOSLASHESCAPE: no "\/" in the payload */
     assert_null(strstr(m.msg.head, "\\/"));
     mapped_cleanup(&m);

@@ -5,6 +5,7 @@
 #ifndef RACE2MQTT_TESTUTIL_H
 #define RACE2MQTT_TESTUTIL_H
 
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -32,6 +33,15 @@ static inline char *test_slurp(const char *path, size_t *len)
     buf[n] = '\0';
     *len = n;
     return buf;
+}
+
+/* o's member key (borrowed); a missing member fails the test. */
+static inline struct json_object *test_member(struct json_object *o, const char *key)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v))
+        fail_msg("member %s missing", key);
+    return v;
 }
 
 #endif
