@@ -262,7 +262,7 @@ class ProxyFaultTests(harness.IntegrationCase):
         self.mark("ready")
         return time.monotonic() - t
 
-    def finish(self, label, sub, poster, ready, wait_s=30):
+    def finish(self, label, sub, poster, ready, wait_s=30, late_ok=frozenset()):
         """Stops posting, waits for every answered seq, prints the figures and
         asserts what every scenario must hold. Returns the Figures."""
         poster.stop()
@@ -289,7 +289,14 @@ class ProxyFaultTests(harness.IntegrationCase):
                          "seqs of sequential posts do not increase")
         self.assertEqual(fig.bad[:10], [])
         self.assertEqual(fig.unexpected[:10], [], "seqs delivered that no POST was answered")
-        self.assertEqual(fig.inversions[:10], [], "first arrivals not in seq order "
+        # late_ok: events a broker lost with its session and the journal sent
+        # again; paho may deliver newer events it still held queued before them
+        # (README, known limits). Any other inversion fails.
+        inversions = [(a, b) for a, b in fig.inversions if b not in late_ok]
+        if late_ok:
+            print("proxy:%s: %d first arrival(s) after newer ones, all resent after the broker "
+                  "lost its session" % (label, len(fig.inversions) - len(inversions)))
+        self.assertEqual(inversions[:10], [], "first arrivals not in seq order "
                          "(seq a, then seq b < a)")
         return fig
 
@@ -455,7 +462,10 @@ class ProxyFaultTests(harness.IntegrationCase):
         time.sleep(LEAD_S)
         restart(stall_first=True)
         time.sleep(TRAIL_S)
-        fig = self.finish("restart", sub, poster, ready)
+        # The only events allowed to arrive after newer ones: those in flight
+        # to a broker that then lost the session, sent again from the journal.
+        fig = self.finish("restart", sub, poster, ready,
+                          late_ok=frozenset().union(*(r["in_flight"] for r in restarts)))
         lost = set(fig.lost)
         for n, r in enumerate(restarts, 1):
             acks = [tap.connack.get(c) for c in range(r["new_first"], r["new_first"] + 1)]
