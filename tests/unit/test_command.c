@@ -101,14 +101,6 @@ static struct json_object *response_of(const struct command_result *r)
     return o;
 }
 
-static struct json_object *member(struct json_object *o, const char *key)
-{
-    struct json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v))
-        fail_msg("member %s missing in %s", key, json_object_to_json_string(o));
-    return v;
-}
-
 static bool has(struct json_object *o, const char *key)
 {
     return json_object_object_get_ex(o, key, NULL);
@@ -116,7 +108,7 @@ static bool has(struct json_object *o, const char *key)
 
 static void assert_str_member(struct json_object *o, const char *key, const char *want)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_string))
         fail_msg("%s is not a string in %s", key, json_object_to_json_string(o));
     assert_int_equal(json_object_get_string_len(v), strlen(want));
@@ -125,14 +117,14 @@ static void assert_str_member(struct json_object *o, const char *key, const char
 
 static void assert_null_member(struct json_object *o, const char *key)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (v)
         fail_msg("%s should be null, is %s", key, json_object_to_json_string(v));
 }
 
 static void assert_int_member(struct json_object *o, const char *key, int64_t want)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_int))
         fail_msg("%s is not an integer in %s", key, json_object_to_json_string(o));
     assert_int_equal(json_object_get_int64(v), want);
@@ -141,7 +133,7 @@ static void assert_int_member(struct json_object *o, const char *key, int64_t wa
 static void assert_keys(struct json_object *o, const char *const *keys, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        member(o, keys[i]);
+        test_member(o, keys[i]);
     if ((size_t)json_object_object_length(o) != n)
         fail_msg("want %zu members, got %d: %s", n, json_object_object_length(o),
                  json_object_to_json_string(o));
@@ -271,7 +263,7 @@ static void test_transaction_types(void **state)
                                    .http_status = 200,
                                    .transaction = req.transaction};
         struct json_object *o = response_of(&r);
-        struct json_object *tx = member(o, "transaction");
+        struct json_object *tx = test_member(o, "transaction");
         struct json_object *want = value_of(cases[i].in);
         if (!json_object_equal(tx, want))
             fail_msg("transaction %s echoed as %s", cases[i].in,
@@ -710,9 +702,9 @@ static void test_response_ok(void **state)
     assert_str_member(o, "command", "GETSTATUS");
     assert_str_member(o, "response", "STATUS;1;2");
     assert_int_member(o, "http_status", 200);
-    struct json_object *tx = member(o, "transaction");
+    struct json_object *tx = test_member(o, "transaction");
     assert_true(json_object_is_type(tx, json_type_object));
-    struct json_object *id = member(tx, "id");
+    struct json_object *id = test_member(tx, "id");
     assert_int_equal(json_object_get_int64(id), 7);
     json_object_put(o);
 
@@ -760,7 +752,7 @@ static void test_response_error(void **state)
     assert_keys(o, keys7, 7);
     assert_null_member(o, "command");
     assert_str_member(o, "error", "\"command\" missing or not a string");
-    struct json_object *tx = member(o, "transaction");
+    struct json_object *tx = test_member(o, "transaction");
     assert_true(json_object_is_type(tx, json_type_array));
     assert_int_equal(json_object_array_length(tx), 2);
     json_object_put(o);
@@ -782,7 +774,7 @@ static void test_response_error(void **state)
     /* An error without text still says something. */
     struct command_result n = {.ok = false, .device = "D-1"};
     o = response_of(&n);
-    struct json_object *err = member(o, "error");
+    struct json_object *err = test_member(o, "error");
     assert_true(json_object_is_type(err, json_type_string));
     assert_true(json_object_get_string_len(err) > 0);
     json_object_put(o);

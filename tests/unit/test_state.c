@@ -13,6 +13,8 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,17 +103,9 @@ static struct json_object *json_of(const struct capture *c, const char *suffix)
     return o;
 }
 
-static struct json_object *member(struct json_object *o, const char *key)
-{
-    struct json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v))
-        fail_msg("member %s missing in %s", key, json_object_to_json_string(o));
-    return v;
-}
-
 static int64_t int_member(struct json_object *o, const char *key)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_int))
         fail_msg("%s is not an integer in %s", key, json_object_to_json_string(o));
     return json_object_get_int64(v);
@@ -119,7 +113,7 @@ static int64_t int_member(struct json_object *o, const char *key)
 
 static const char *str_member(struct json_object *o, const char *key)
 {
-    struct json_object *v = member(o, key);
+    struct json_object *v = test_member(o, key);
     if (!json_object_is_type(v, json_type_string))
         fail_msg("%s is not a string in %s", key, json_object_to_json_string(o));
     return json_object_get_string(v);
@@ -334,11 +328,11 @@ static void test_controller_laps(void **state)
     assert_string_equal(str_member(o, "color_bg"), "rgb(1, 2, 3)");
     assert_string_equal(str_member(o, "color_text"), "#fff");
     assert_int_equal(int_member(o, "updated"), 1000);
-    assert_false(json_object_get_boolean(member(o, "in_pit")));
-    assert_null(member(o, "fuel"));
-    assert_null(member(o, "penalty"));
-    assert_null(member(o, "damage"));
-    assert_null(member(o, "tire"));
+    assert_false(json_object_get_boolean(test_member(o, "in_pit")));
+    assert_null(test_member(o, "fuel"));
+    assert_null(test_member(o, "penalty"));
+    assert_null(test_member(o, "damage"));
+    assert_null(test_member(o, "tire"));
     json_object_put(o);
 
     /* numbers as strings; best is the minimum, last the latest */
@@ -393,9 +387,9 @@ static void test_controller_other_events(void **state)
     assert_string_equal(str_member(o, "damage"), "engine");
     assert_string_equal(str_member(o, "tire"), "wet");
     assert_string_equal(str_member(o, "car"), "Porsche");
-    assert_true(json_object_get_boolean(member(o, "in_pit")));
+    assert_true(json_object_get_boolean(test_member(o, "in_pit")));
     assert_int_equal(int_member(o, "laps"), 0);
-    assert_null(member(o, "position")); /* no lap yet: not in the standings */
+    assert_null(test_member(o, "position")); /* no lap yet: not in the standings */
     json_object_put(o);
     /* not in computed standings without a lap, so they did not change */
     assert_null(find(c, "standings"));
@@ -416,7 +410,7 @@ static void test_controller_other_events(void **state)
           "\"penalty\":\"0\"}}");
     emit(st, false, c);
     o = json_of(c, "controller/3");
-    assert_false(json_object_get_boolean(member(o, "in_pit")));
+    assert_false(json_object_get_boolean(test_member(o, "in_pit")));
     assert_int_equal(int_member(o, "fuel"), -1);
     assert_string_equal(str_member(o, "damage"), "none");
     assert_int_equal(int_member(o, "penalty"), 0);
@@ -523,7 +517,7 @@ static void test_official_result(void **state)
     assert_string_equal(str_member(e0, "laps"), "3"); /* fields kept as sent */
     assert_int_equal(int_member(e0, "best_laptime"), 4915);
     struct json_object *want = json_tokener_parse("{\"y\":[1]}");
-    assert_true(json_object_equal(member(e0, "x"), want));
+    assert_true(json_object_equal(test_member(e0, "x"), want));
     json_object_put(want);
     struct json_object *e1 = json_object_array_get_idx(arr, 1);
     assert_int_equal(int_member(e1, "position"), 2);
@@ -555,8 +549,8 @@ static void test_official_result(void **state)
     check_order(c, NULL, 0);
     o = json_of(c, "controller/3");
     assert_int_equal(int_member(o, "laps"), 0);
-    assert_null(member(o, "best_lap_ms"));
-    assert_null(member(o, "position"));
+    assert_null(test_member(o, "best_lap_ms"));
+    assert_null(test_member(o, "position"));
     assert_string_equal(str_member(o, "driver"), "drv3"); /* identity kept */
     json_object_put(o);
 }
@@ -900,7 +894,7 @@ static void test_snapshot_round_trip(void **state)
     assert_null(find(c, "controller/zz"));
     struct json_object *o = json_of(c, "controller/1");
     assert_int_equal(int_member(o, "fuel"), 33);
-    assert_true(json_object_get_boolean(member(o, "in_pit")));
+    assert_true(json_object_get_boolean(test_member(o, "in_pit")));
     assert_string_equal(str_member(o, "color_bg"), "red");
     assert_int_equal(int_member(o, "position"), 2);
     json_object_put(o);

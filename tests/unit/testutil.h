@@ -40,7 +40,7 @@ static inline struct json_object *test_member(struct json_object *o, const char 
 {
     struct json_object *v = NULL;
     if (!json_object_object_get_ex(o, key, &v))
-        fail_msg("member %s missing", key);
+        fail_msg("member %s missing in %s", key, json_object_to_json_string(o));
     return v;
 }
 
