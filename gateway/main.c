@@ -156,6 +156,7 @@ static char *render_metrics(void *ctx, size_t *len)
     struct metrics_gauges gauges = {
         .broker_connected = mqtt_is_connected(g->mqtt),
         .mqtt_reconnects = mqtt_reconnects(g->mqtt),
+        .mqtt_stalled = mqtt_stalled(g->mqtt),
         .queue_depth = last > acked ? last - acked : 0,
         .journal_bytes = st.bytes,
         .journal_max_bytes = st.max_bytes,

@@ -173,7 +173,15 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         "# HELP race2mqtt_raceresult_errors_total REST API requests that failed (network, "
         "timeout, HTTP error, invalid answer).\n"
         "# TYPE race2mqtt_raceresult_errors_total counter\n"
-        "race2mqtt_raceresult_errors_total %llu\n",
+        "race2mqtt_raceresult_errors_total %llu\n"
+        "# HELP race2mqtt_mqtt_stalls_total Times the broker closed several connections in a "
+        "row before acknowledging anything (then a clean session is tried).\n"
+        "# TYPE race2mqtt_mqtt_stalls_total counter\n"
+        "race2mqtt_mqtt_stalls_total %llu\n"
+        "# HELP race2mqtt_mqtt_clients_abandoned_total paho clients left unused after a "
+        "publish failed on a broken socket (their in-flight state is unsafe).\n"
+        "# TYPE race2mqtt_mqtt_clients_abandoned_total counter\n"
+        "race2mqtt_mqtt_clients_abandoned_total %llu\n",
         (unsigned long long)get(&counters[METRIC_EVENTS_REJECTED]),
         (unsigned long long)get(&counters[METRIC_EVENTS_REFUSED]),
         (unsigned long long)get(&counters[METRIC_JOURNAL_COMMITS]),
@@ -181,7 +189,9 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         (unsigned long long)get(&counters[METRIC_STATE_PUBLISHED]),
         (unsigned long long)get(&counters[METRIC_RR_PASSINGS]),
         (unsigned long long)get(&counters[METRIC_RR_REQUESTS]),
-        (unsigned long long)get(&counters[METRIC_RR_ERRORS]));
+        (unsigned long long)get(&counters[METRIC_RR_ERRORS]),
+        (unsigned long long)get(&counters[METRIC_MQTT_STALLS]),
+        (unsigned long long)get(&counters[METRIC_MQTT_CLIENTS_ABANDONED]));
 
     put(&t, "# HELP race2mqtt_publish_latency_seconds Journal commit to broker acknowledgement.\n"
             "# TYPE race2mqtt_publish_latency_seconds histogram\n");
@@ -206,6 +216,10 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         "# HELP race2mqtt_mqtt_reconnects_total Reconnects to the broker since start.\n"
         "# TYPE race2mqtt_mqtt_reconnects_total counter\n"
         "race2mqtt_mqtt_reconnects_total %llu\n"
+        "# HELP race2mqtt_mqtt_stalled 1 while the broker acknowledges nothing across "
+        "reconnects.\n"
+        "# TYPE race2mqtt_mqtt_stalled gauge\n"
+        "race2mqtt_mqtt_stalled %d\n"
         "# HELP race2mqtt_queue_depth Events journaled but not yet acknowledged by the broker.\n"
         "# TYPE race2mqtt_queue_depth gauge\n"
         "race2mqtt_queue_depth %llu\n"
@@ -218,7 +232,7 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         "# HELP race2mqtt_last_seq Sequence number of the last journaled event.\n"
         "# TYPE race2mqtt_last_seq gauge\n"
         "race2mqtt_last_seq %llu\n",
-        g->broker_connected, (unsigned long long)g->mqtt_reconnects,
+        g->broker_connected, (unsigned long long)g->mqtt_reconnects, g->mqtt_stalled,
         (unsigned long long)g->queue_depth, (unsigned long long)g->journal_bytes,
         (unsigned long long)g->journal_max_bytes, (unsigned long long)g->last_seq);
 

@@ -7,14 +7,52 @@
  * set of callbacks.
  *
  * Why it is shaped like this:
- * - paho keeps no state on disk here (MQTTCLIENT_PERSISTENCE_NONE): the
- *   journal is the durable copy, and the publisher resends from it after every
- *   reconnect. paho also drops its in-flight state when the broker answers
- *   "no session present", so trusting paho to resend would lose messages.
- * - paho's automatic reconnect only starts after a first successful connect.
- *   Until then a small supervisor thread retries with the same backoff, so a
- *   gateway started before its broker comes up on its own.
- * - Callbacks run on paho's threads: they only translate and hand off.
+ *
+ * - One paho client per connection. paho keeps no in-flight state across a
+ *   reconnect here: every (re)connect, first or not, is made by the
+ *   supervisor thread below with a fresh MQTTAsync handle, and paho's own
+ *   automatic reconnect is off. The journal (publisher.c) and the RACE RESULT
+ *   page (rrpoll.c) are the durable copies; both resend everything not yet
+ *   acknowledged after every connect, with the same seq and passing ids.
+ *   Letting paho resend its in-flight list as well gains nothing (the broker
+ *   kept no state about our QoS 1 publishes that a resend would complete) and
+ *   cost us a stalled gateway, because that list can hold garbage:
+ *
+ *   paho 1.3.12 (Debian 12), MQTTAsync_processCommand(): a QoS 1 PUBLISH
+ *   whose first write fails with a socket error (the broker went away in the
+ *   middle of a burst) is already in the client's outboundMsgs; paho then
+ *   frees the command, and with it the topic and payload that the outbound
+ *   entry still points to. With a persistent session the broker answers
+ *   "session present" on reconnect, paho resends that entry with DUP set from
+ *   freed memory, the broker disconnects ("malformed packet" or "protocol
+ *   error"), and this repeats on every reconnect, forever: every message
+ *   behind it waits. The same entry is freed a second time when paho cleans
+ *   the session or the client is destroyed.
+ *
+ *   So a client that saw such a failure (its publish failure callback reports
+ *   MQTTASYNC_FAILURE, the socket error) is quarantined: never reconnected,
+ *   never destroyed, left to the process. That leaks the client and its
+ *   in-flight copies (at most mqtt.max_inflight messages) once per broker
+ *   loss in the middle of a write, which is rare and bounded per event;
+ *   destroying it would corrupt the heap. Clean sessions (3.1.1 clean
+ *   session, or MQTT 5 session expiry 0) make paho clean its list at the
+ *   loss, which hits the same double free: they are used only when the
+ *   stall detector below asks for one.
+ *
+ * - The broker keeps our session (clean start off): our subscriptions and the
+ *   commands queued for us survive a reconnect. A fresh paho client with the
+ *   same client id resumes that session; nothing of it lives in paho.
+ *
+ * - Progress is watched across connections. If the broker closes
+ *   STALL_CONNECTIONS connections in a row after we sent events or passings
+ *   on them but before it acknowledged any, something on the way refuses the
+ *   oldest one (the broker, a proxy, or session state the broker keeps for
+ *   us). We say so once, count it in /metrics, and connect with a clean
+ *   session; the message itself is resent, never skipped.
+ *
+ * - Callbacks run on paho's threads with paho's lock held: they only
+ *   translate and hand off. They never take client_lock, which is held
+ *   around calls into paho, so the two locks cannot deadlock.
  */
 #include "race2mqtt/mqtt.h"
 
@@ -28,47 +66,90 @@
 
 #include "race2mqtt/config.h"
 #include "race2mqtt/log.h"
+#include "race2mqtt/metrics.h"
 
 #define RECONNECT_MIN_S 1
 #define RECONNECT_MAX_S 10
 #define CONNECT_TIMEOUT_S 10
+/* Connections in a row that end without one acknowledgement of ours. */
+#define STALL_CONNECTIONS 3
+
+struct pub_ctx;
+
+/* One paho client: one connection attempt and, if it succeeds, that connection. */
+struct conn {
+    struct mqtt *m;
+    MQTTAsync client;
+    bool clean;                 /* asked for a clean session */
+    _Atomic bool up;            /* CONNACK seen */
+    _Atomic bool poisoned;      /* paho's state is unsafe: never destroy */
+    /* Tagged publishes (events, passings) sent and acknowledged on it. */
+    _Atomic uint64_t sent, acked;
+    struct pub_ctx *head, *tail; /* outstanding publishes, oldest first (ctx_lock) */
+    struct conn *next;          /* quarantine list */
+};
+
+/* Per-publish context handed to paho and given back in the response callback. */
+struct pub_ctx {
+    struct conn *c;
+    uint64_t tag;
+    struct pub_ctx *prev, *next;
+    char topic[]; /* for the stall report */
+};
+
+/* Quarantined clients, reachable until exit (see the top). */
+static struct conn *quarantined;
+static pthread_mutex_t quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct mqtt {
-    MQTTAsync client;
     const struct config *cfg;
     struct mqtt_callbacks cb;
     char uri[512];
     char state_topic[256];
+    bool v5;
+    bool tls;
 
-    /* Connect options live here because paho reads them again on reconnect. */
+    /* Connect options live here because paho reads them on every connect. */
     MQTTAsync_connectOptions conn_opts;
     MQTTAsync_willOptions will;
     MQTTAsync_SSLOptions ssl;
     MQTTProperties connect_props;
 
+    /* Held around every call into paho that uses cur, and while the
+     * supervisor replaces cur. Never taken by a callback. */
+    pthread_mutex_t client_lock;
+    struct conn *cur;
+
+    pthread_mutex_t ctx_lock; /* every conn's pub_ctx list */
+
     _Atomic bool connected;
     _Atomic bool ever_connected;
     _Atomic uint64_t connects;
+    _Atomic bool stalled;
 
-    /* Supervisor: retries the first connect until one succeeds. */
+    /* Supervisor: makes every connection. Under lock. */
     pthread_t supervisor;
     bool supervisor_running;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool connect_failed; /* a first connect attempt failed: retry after backoff */
+    bool need_connect;  /* the current client failed or lost its connection */
     bool stopping;
     bool stopped;
     bool warned_unreachable;
-    bool retry_seen; /* the first failure report after a loss was seen */
-    bool tls;
     char tls_error[256]; /* OpenSSL's last complaint, for the next log line */
+
+    /* Supervisor thread only. */
+    unsigned no_progress;      /* connections in a row that acknowledged nothing */
+    uint64_t stalled_since_ms;
+    uint64_t stuck_tag;
 };
 
-/* Per-publish context handed to paho and given back in the response callback. */
-struct pub_ctx {
-    struct mqtt *m;
-    uint64_t tag;
-};
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 /* paho wants tcp:// and ssl://; users write mqtt:// and mqtts://. */
 static int build_uri(char *out, size_t cap, const char *url, bool *tls)
@@ -101,17 +182,28 @@ static int build_uri(char *out, size_t cap, const char *url, bool *tls)
     return n > 0 && (size_t)n < cap ? 0 : -1;
 }
 
+/* Asks the supervisor for a new connection. */
+static void want_connect(struct mqtt *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->need_connect = true;
+    pthread_cond_signal(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void on_connected(void *context, char *cause)
 {
-    struct mqtt *m = context;
+    struct conn *c = context;
+    struct mqtt *m = c->m;
     (void)cause;
     bool again = atomic_exchange(&m->ever_connected, true);
+    atomic_store(&c->up, true);
     atomic_store(&m->connected, true);
     atomic_fetch_add(&m->connects, 1);
-    log_info("mqtt: connected to %s%s", m->uri, again ? " again" : "");
+    log_info("mqtt: connected to %s%s%s", m->uri, again ? " again" : "",
+             c->clean ? " (clean session)" : "");
     pthread_mutex_lock(&m->lock);
     m->warned_unreachable = false;
-    m->retry_seen = false;
     pthread_mutex_unlock(&m->lock);
     if (m->cb.on_connected)
         m->cb.on_connected(m->cb.ctx);
@@ -119,17 +211,20 @@ static void on_connected(void *context, char *cause)
 
 static void on_connection_lost(void *context, char *cause)
 {
-    struct mqtt *m = context;
+    struct conn *c = context;
+    struct mqtt *m = c->m;
     atomic_store(&m->connected, false);
     log_warn("mqtt: lost connection to %s%s%s", m->uri, cause ? ": " : "", cause ? cause : "");
     if (m->cb.on_connection_lost)
         m->cb.on_connection_lost(m->cb.ctx, cause ? cause : "");
+    want_connect(m);
 }
 
 /* Translates paho's message and hands it on; paho frees it when we return 1. */
 static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
 {
-    struct mqtt *m = context;
+    struct conn *c = context;
+    struct mqtt *m = c->m;
     (void)topic_len; /* topics from the broker hold no NUL: paho passes 0 here */
     struct mqtt_message out = {
         .topic = topic,
@@ -173,11 +268,10 @@ static int on_ssl_error(const char *str, size_t len, void *u)
 /* What a connect failure means, in words a user can act on. */
 static void explain(struct mqtt *m, int code, const char *message, char *out, size_t cap)
 {
-    bool v5 = m->cfg->mqtt.protocol == CONFIG_MQTT_5;
-    if (v5 && code >= 0x80) {
+    if (m->v5 && code >= 0x80) {
         snprintf(out, cap, "broker refused: %s%s", MQTTReasonCode_toString(code),
                  code == 0x86 || code == 0x87 ? "; check mqtt.username and mqtt.password" : "");
-    } else if (!v5 && code >= 1 && code <= 5) {
+    } else if (!m->v5 && code >= 1 && code <= 5) {
         static const char *const refusals[] = {"", "unacceptable protocol version",
                                                "client id rejected", "server unavailable",
                                                "bad user name or password",
@@ -199,16 +293,11 @@ static void explain(struct mqtt *m, int code, const char *message, char *out, si
     }
 }
 
+/* One line when the broker becomes unreachable, not one per retry. */
 static void connect_failed(struct mqtt *m, int code, const char *message)
 {
     pthread_mutex_lock(&m->lock);
-    /* One line when the broker becomes unreachable, not one per retry. After a
-     * lost connection paho reports a failed attempt at once, before it has
-     * tried anything: that one is not news. */
-    if (!m->warned_unreachable && atomic_load(&m->ever_connected) && !m->retry_seen) {
-        m->retry_seen = true;
-        log_debug("mqtt: reconnecting to %s (%d)", m->uri, code);
-    } else if (!m->warned_unreachable) {
+    if (!m->warned_unreachable) {
         char why[512];
         explain(m, code, message, why, sizeof why);
         log_warn("mqtt: cannot connect to %s (%s); retrying every %d..%d s", m->uri, why,
@@ -218,78 +307,306 @@ static void connect_failed(struct mqtt *m, int code, const char *message)
         log_debug("mqtt: connect to %s failed (%d)", m->uri, code);
     }
     m->tls_error[0] = '\0';
-    if (!atomic_load(&m->ever_connected)) {
-        m->connect_failed = true;
-        pthread_cond_signal(&m->cond);
-    }
+    m->need_connect = true;
+    pthread_cond_signal(&m->cond);
     pthread_mutex_unlock(&m->lock);
 }
 
 static void on_connect_failure(void *context, MQTTAsync_failureData *resp)
 {
-    connect_failed(context, resp ? resp->code : -1, resp ? resp->message : NULL);
+    struct conn *c = context;
+    connect_failed(c->m, resp ? resp->code : -1, resp ? resp->message : NULL);
 }
 
 static void on_connect_failure5(void *context, MQTTAsync_failureData5 *resp)
 {
-    connect_failed(context, resp ? resp->code : -1, resp ? resp->message : NULL);
+    struct conn *c = context;
+    connect_failed(c->m, resp ? resp->code : -1, resp ? resp->message : NULL);
+}
+
+/* ---- publish contexts ---- */
+
+static struct pub_ctx *ctx_new(struct conn *c, const char *topic, uint64_t tag)
+{
+    size_t tlen = strlen(topic);
+    struct pub_ctx *pc = malloc(sizeof *pc + tlen + 1);
+    if (!pc)
+        return NULL;
+    pc->c = c;
+    pc->tag = tag;
+    memcpy(pc->topic, topic, tlen + 1);
+    pc->next = NULL;
+    pthread_mutex_lock(&c->m->ctx_lock);
+    pc->prev = c->tail;
+    if (c->tail)
+        c->tail->next = pc;
+    else
+        c->head = pc;
+    c->tail = pc;
+    pthread_mutex_unlock(&c->m->ctx_lock);
+    return pc;
+}
+
+static void ctx_unlink(struct conn *c, struct pub_ctx *pc)
+{
+    if (pc->prev)
+        pc->prev->next = pc->next;
+    else
+        c->head = pc->next;
+    if (pc->next)
+        pc->next->prev = pc->prev;
+    else
+        c->tail = pc->prev;
+}
+
+static void ctx_free(struct pub_ctx *pc)
+{
+    struct conn *c = pc->c;
+    pthread_mutex_lock(&c->m->ctx_lock);
+    ctx_unlink(c, pc);
+    pthread_mutex_unlock(&c->m->ctx_lock);
+    free(pc);
+}
+
+static void publish_done(struct pub_ctx *pc, bool ok)
+{
+    struct conn *c = pc->c;
+    struct mqtt *m = c->m;
+    if (pc->tag != 0) {
+        if (ok) {
+            atomic_fetch_add(&c->acked, 1);
+            if (m->cb.on_delivered)
+                m->cb.on_delivered(m->cb.ctx, pc->tag);
+        } else if (m->cb.on_failed) {
+            m->cb.on_failed(m->cb.ctx, pc->tag);
+        }
+    }
+    ctx_free(pc);
 }
 
 static void on_publish_success(void *context, MQTTAsync_successData *resp)
 {
-    struct pub_ctx *pc = context;
     (void)resp;
-    if (pc->m->cb.on_delivered)
-        pc->m->cb.on_delivered(pc->m->cb.ctx, pc->tag);
-    free(pc);
+    publish_done(context, true);
 }
 
 static void on_publish_success5(void *context, MQTTAsync_successData5 *resp)
 {
-    struct pub_ctx *pc = context;
     /* MQTT 5: a PUBACK with a reason code >= 0x80 is a refusal, not delivery. */
-    bool ok = !resp || resp->reasonCode < 0x80;
-    if (ok && pc->m->cb.on_delivered)
-        pc->m->cb.on_delivered(pc->m->cb.ctx, pc->tag);
-    else if (!ok && pc->m->cb.on_failed)
-        pc->m->cb.on_failed(pc->m->cb.ctx, pc->tag);
-    free(pc);
+    publish_done(context, !resp || resp->reasonCode < 0x80);
+}
+
+/*
+ * MQTTASYNC_FAILURE here is paho's socket error on the first write of the
+ * publish, the case described at the top: from now on this client's
+ * in-flight list points to freed memory. Other failures (a refusing PUBACK,
+ * a request cut short by a disconnect) leave paho consistent.
+ */
+static void publish_failed(struct pub_ctx *pc, int code)
+{
+    struct conn *c = pc->c;
+    if (code == MQTTASYNC_FAILURE && !atomic_exchange(&c->poisoned, true)) {
+        atomic_store(&c->m->connected, false); /* nothing more for this client */
+        metrics_inc(METRIC_MQTT_CLIENTS_ABANDONED);
+        log_warn("mqtt: a publish to %s failed on a broken socket; this paho client is "
+                 "abandoned (paho 1.3.12 keeps a dangling copy of that message) and a "
+                 "fresh one takes over",
+                 pc->topic);
+    }
+    publish_done(pc, false);
 }
 
 static void on_publish_failure(void *context, MQTTAsync_failureData *resp)
 {
-    struct pub_ctx *pc = context;
-    (void)resp;
-    if (pc->m->cb.on_failed)
-        pc->m->cb.on_failed(pc->m->cb.ctx, pc->tag);
-    free(pc);
+    publish_failed(context, resp ? resp->code : 0);
 }
 
 static void on_publish_failure5(void *context, MQTTAsync_failureData5 *resp)
 {
-    struct pub_ctx *pc = context;
-    (void)resp;
-    if (pc->m->cb.on_failed)
-        pc->m->cb.on_failed(pc->m->cb.ctx, pc->tag);
-    free(pc);
+    publish_failed(context, resp ? resp->code : 0);
 }
 
-static int start_connect(struct mqtt *m)
+static void set_response(struct mqtt *m, MQTTAsync_responseOptions *ro, struct pub_ctx *pc)
 {
-    return MQTTAsync_connect(m->client, &m->conn_opts);
+    ro->context = pc;
+    if (m->v5) {
+        ro->onSuccess5 = on_publish_success5;
+        ro->onFailure5 = on_publish_failure5;
+    } else {
+        ro->onSuccess = on_publish_success;
+        ro->onFailure = on_publish_failure;
+    }
 }
 
-/* Retries the first connect with backoff; paho takes over once connected. */
+/* ---- clients ---- */
+
+/* A new paho client for the next connection; NULL (logged) on failure. */
+static struct conn *conn_new(struct mqtt *m, bool clean)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->m = m;
+    c->clean = clean;
+    MQTTAsync_createOptions create_opts = MQTTAsync_createOptions_initializer;
+    create_opts.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    /* Nothing is published while disconnected: the journal holds it instead. */
+    create_opts.sendWhileDisconnected = 0;
+    /* paho counts every queued, not yet sent command against this limit even
+     * while connected (default 100) and refuses the rest. The publisher's
+     * window bounds what we queue; leave room for a burst of retained state. */
+    create_opts.maxBufferedMessages = m->cfg->mqtt.max_inflight + 1024;
+    int rc = MQTTAsync_createWithOptions(&c->client, m->uri, m->cfg->mqtt.client_id,
+                                         MQTTCLIENT_PERSISTENCE_NONE, NULL, &create_opts);
+    if (rc != MQTTASYNC_SUCCESS) {
+        log_error("mqtt: cannot create a client for %s: %s", m->uri, MQTTAsync_strerror(rc));
+        free(c);
+        return NULL;
+    }
+    MQTTAsync_setCallbacks(c->client, c, on_connection_lost, on_message, NULL);
+    MQTTAsync_setConnected(c->client, c, on_connected);
+    return c;
+}
+
+/* The oldest tagged publish the connection never saw acknowledged. */
+static const struct pub_ctx *oldest_unacked(const struct conn *c)
+{
+    for (const struct pub_ctx *pc = c->head; pc; pc = pc->next) {
+        if (pc->tag != 0)
+            return pc;
+    }
+    return NULL;
+}
+
+/*
+ * Books a finished connection for the stall detector. Returns true when the
+ * next connection should start a clean session.
+ */
+static bool account(struct mqtt *m, struct conn *c)
+{
+    if (!atomic_load(&c->up))
+        return false;
+    uint64_t sent = atomic_load(&c->sent), acked = atomic_load(&c->acked);
+    if (acked > 0 || sent == 0) {
+        if (acked > 0 && atomic_load(&m->stalled))
+            log_info("mqtt: the broker acknowledges again after %u connections without "
+                     "progress (%.1f s)",
+                     m->no_progress, (double)(now_ms() - m->stalled_since_ms) / 1000.0);
+        if (acked > 0) {
+            m->no_progress = 0;
+            atomic_store(&m->stalled, false);
+        }
+        return false;
+    }
+    char topic[256] = "?";
+    uint64_t tag = 0;
+    pthread_mutex_lock(&m->ctx_lock);
+    const struct pub_ctx *pc = oldest_unacked(c);
+    if (pc) {
+        snprintf(topic, sizeof topic, "%s", pc->topic);
+        tag = pc->tag;
+    }
+    pthread_mutex_unlock(&m->ctx_lock);
+    if (m->no_progress++ == 0) {
+        m->stalled_since_ms = now_ms();
+        m->stuck_tag = tag;
+    }
+    if (m->no_progress < STALL_CONNECTIONS)
+        return false;
+    if (!atomic_exchange(&m->stalled, true)) {
+        metrics_inc(METRIC_MQTT_STALLS);
+        log_error("mqtt: no progress: the broker closed %u connections in a row before "
+                  "acknowledging any of our publishes; the oldest was to %s (tag %llu%s). "
+                  "Connecting with a clean session; nothing is skipped, it is sent again",
+                  m->no_progress, topic, (unsigned long long)tag,
+                  tag == m->stuck_tag ? ", the same each time" : "");
+    } else {
+        log_debug("mqtt: still no progress after %u connections (%s)", m->no_progress, topic);
+    }
+    /* A clean session on the first stalled connection, then every few. */
+    return (m->no_progress - STALL_CONNECTIONS) % STALL_CONNECTIONS == 0;
+}
+
+/* Frees what paho can no longer call back for; c's client is gone or dead. */
+static void conn_free_ctxs(struct conn *c)
+{
+    pthread_mutex_lock(&c->m->ctx_lock);
+    struct pub_ctx *pc = c->head;
+    c->head = c->tail = NULL;
+    pthread_mutex_unlock(&c->m->ctx_lock);
+    while (pc) {
+        struct pub_ctx *next = pc->next;
+        free(pc);
+        pc = next;
+    }
+}
+
+/* Destroys a spent client, or quarantines it (see the top). Under client_lock. */
+static void conn_retire(struct conn *c)
+{
+    if (!c)
+        return;
+    if (atomic_load(&c->poisoned)) {
+        pthread_mutex_lock(&quarantine_lock);
+        c->next = quarantined;
+        quarantined = c;
+        pthread_mutex_unlock(&quarantine_lock);
+        return;
+    }
+    /* paho calls back only with its own lock held, which destroy takes too:
+     * after it no callback for c runs or will run. */
+    MQTTAsync_destroy(&c->client);
+    conn_free_ctxs(c);
+    free(c);
+}
+
+static int start_connect(struct mqtt *m, struct conn *c)
+{
+    MQTTAsync_connectOptions opts = m->conn_opts;
+    opts.context = c;
+    if (m->v5)
+        opts.cleanstart = c->clean;
+    else
+        opts.cleansession = c->clean;
+    return MQTTAsync_connect(c->client, &opts);
+}
+
+/* Replaces the current client with a fresh one and starts connecting it. */
+static void reconnect(struct mqtt *m, bool clean)
+{
+    pthread_mutex_lock(&m->client_lock);
+    conn_retire(m->cur);
+    m->cur = conn_new(m, clean);
+    int rc = m->cur ? start_connect(m, m->cur) : MQTTASYNC_FAILURE;
+    pthread_mutex_unlock(&m->client_lock);
+    if (rc != MQTTASYNC_SUCCESS)
+        connect_failed(m, rc, MQTTAsync_strerror(rc));
+}
+
+/* Makes every connection: the first, and one after each failure or loss. */
 static void *supervise(void *arg)
 {
     struct mqtt *m = arg;
     int delay_s = RECONNECT_MIN_S;
     pthread_mutex_lock(&m->lock);
     while (!m->stopping) {
-        if (!m->connect_failed) {
+        if (!m->need_connect) {
             pthread_cond_wait(&m->cond, &m->lock);
             continue;
         }
+        m->need_connect = false;
+        pthread_mutex_unlock(&m->lock);
+
+        /* cur is only replaced here, so reading it without client_lock is fine. */
+        struct conn *c = m->cur;
+        bool was_up = c && atomic_load(&c->up);
+        bool clean = c && account(m, c);
+        /* A connection that worked: back after a moment. One that acknowledged
+         * nothing backs off like a failed attempt. */
+        if (was_up && m->no_progress == 0)
+            delay_s = RECONNECT_MIN_S;
+
+        pthread_mutex_lock(&m->lock);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += delay_s;
@@ -297,15 +614,13 @@ static void *supervise(void *arg)
             ;
         if (m->stopping)
             break;
-        m->connect_failed = false;
-        delay_s = delay_s * 2 > RECONNECT_MAX_S ? RECONNECT_MAX_S : delay_s * 2;
+        /* Set again by the old client's late report: this attempt replaces it. */
+        m->need_connect = false;
         pthread_mutex_unlock(&m->lock);
-        int rc = start_connect(m);
+
+        reconnect(m, clean);
+        delay_s = delay_s * 2 > RECONNECT_MAX_S ? RECONNECT_MAX_S : delay_s * 2;
         pthread_mutex_lock(&m->lock);
-        if (rc != MQTTASYNC_SUCCESS) {
-            log_debug("mqtt: connect call refused (%d)", rc);
-            m->connect_failed = true;
-        }
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;
@@ -322,7 +637,10 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
     }
     m->cfg = cfg;
     m->cb = *cb;
+    m->v5 = cfg->mqtt.protocol == CONFIG_MQTT_5;
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->client_lock, NULL);
+    pthread_mutex_init(&m->ctx_lock, NULL);
     pthread_cond_init(&m->cond, NULL);
     snprintf(m->state_topic, sizeof m->state_topic, "%s/bridge/state", cfg->mqtt.base_topic);
 
@@ -332,31 +650,11 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
         goto fail;
     }
 
-    bool v5 = cfg->mqtt.protocol == CONFIG_MQTT_5;
-    MQTTAsync_createOptions create_opts = MQTTAsync_createOptions_initializer;
-    create_opts.MQTTVersion = v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
-    /* Nothing is published while disconnected: the journal holds it instead. */
-    create_opts.sendWhileDisconnected = 0;
-    /* paho counts every queued, not yet sent command against this limit even
-     * while connected (default 100) and refuses the rest. The publisher's
-     * window bounds what we queue; leave room for a burst of retained state. */
-    create_opts.maxBufferedMessages = cfg->mqtt.max_inflight + 1024;
-    int rc = MQTTAsync_createWithOptions(&m->client, m->uri, cfg->mqtt.client_id,
-                                         MQTTCLIENT_PERSISTENCE_NONE, NULL, &create_opts);
-    if (rc != MQTTASYNC_SUCCESS) {
-        snprintf(err, errlen, "mqtt: cannot create client for %s: %s", m->uri,
-                 MQTTAsync_strerror(rc));
-        goto fail;
-    }
-    MQTTAsync_setCallbacks(m->client, m, on_connection_lost, on_message, NULL);
-    MQTTAsync_setConnected(m->client, m, on_connected);
-
-    if (v5) {
+    if (m->v5) {
         MQTTAsync_connectOptions init5 = MQTTAsync_connectOptions_initializer5;
         m->conn_opts = init5;
         /* A persistent session: the broker keeps our subscriptions and queued
          * QoS 1 messages across reconnects for session_expiry_s. */
-        m->conn_opts.cleanstart = 0;
         MQTTProperties props = MQTTProperties_initializer;
         m->connect_props = props;
         MQTTProperty expiry = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
@@ -367,16 +665,12 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
     } else {
         MQTTAsync_connectOptions init = MQTTAsync_connectOptions_initializer;
         m->conn_opts = init;
-        m->conn_opts.cleansession = 0;
         m->conn_opts.onFailure = on_connect_failure;
     }
-    m->conn_opts.context = m;
     m->conn_opts.keepAliveInterval = cfg->mqtt.keepalive_s;
     m->conn_opts.connectTimeout = CONNECT_TIMEOUT_S;
     m->conn_opts.maxInflight = cfg->mqtt.max_inflight + 64; /* + retained state bursts */
-    m->conn_opts.automaticReconnect = 1;
-    m->conn_opts.minRetryInterval = RECONNECT_MIN_S;
-    m->conn_opts.maxRetryInterval = RECONNECT_MAX_S;
+    m->conn_opts.automaticReconnect = 0; /* the supervisor reconnects, with a fresh client */
     m->conn_opts.username = cfg->mqtt.username;
     m->conn_opts.password = cfg->mqtt.password;
 
@@ -405,6 +699,12 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
                      "anyone on the path can read and change the traffic");
     }
 
+    /* The first client now, so that a URL paho cannot use fails the start. */
+    m->cur = conn_new(m, false);
+    if (!m->cur) {
+        snprintf(err, errlen, "mqtt: cannot create a client for %s", m->uri);
+        goto fail;
+    }
     *out = m;
     return 0;
 fail:
@@ -420,10 +720,37 @@ int mqtt_start(struct mqtt *m, char *err, size_t errlen)
     }
     m->supervisor_running = true;
     log_info("mqtt: connecting to %s as '%s' (MQTT %s)", m->uri, m->cfg->mqtt.client_id,
-             m->cfg->mqtt.protocol == CONFIG_MQTT_5 ? "5" : "3.1.1");
-    int rc = start_connect(m);
+             m->v5 ? "5" : "3.1.1");
+    pthread_mutex_lock(&m->client_lock);
+    int rc = start_connect(m, m->cur);
+    pthread_mutex_unlock(&m->client_lock);
     if (rc != MQTTASYNC_SUCCESS)
         connect_failed(m, rc, MQTTAsync_strerror(rc));
+    return 0;
+}
+
+/* Sends msg on the current client with a report to pc; under client_lock. */
+static int send_on_current(struct mqtt *m, const char *topic, MQTTAsync_message *msg,
+                           uint64_t tag, MQTTAsync_token *token)
+{
+    struct conn *c = m->cur;
+    if (!c || !atomic_load(&m->connected))
+        return -1;
+    struct pub_ctx *pc = ctx_new(c, topic, tag);
+    if (!pc)
+        return -1;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    set_response(m, &ro, pc);
+    int rc = MQTTAsync_sendMessage(c->client, topic, msg, &ro);
+    if (rc != MQTTASYNC_SUCCESS) {
+        log_debug("mqtt: publish to %s refused: %s", topic, MQTTAsync_strerror(rc));
+        ctx_free(pc);
+        return -1;
+    }
+    if (tag != 0)
+        atomic_fetch_add(&c->sent, 1);
+    if (token)
+        *token = ro.token;
     return 0;
 }
 
@@ -432,36 +759,16 @@ int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t 
 {
     if (!atomic_load(&m->connected) || len > INT32_MAX)
         return -1;
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    struct pub_ctx *pc = NULL;
-    if (tag != 0) {
-        pc = malloc(sizeof *pc);
-        if (!pc)
-            return -1;
-        pc->m = m;
-        pc->tag = tag;
-        ro.context = pc;
-        if (m->cfg->mqtt.protocol == CONFIG_MQTT_5) {
-            ro.onSuccess5 = on_publish_success5;
-            ro.onFailure5 = on_publish_failure5;
-        } else {
-            ro.onSuccess = on_publish_success;
-            ro.onFailure = on_publish_failure;
-        }
-    }
     MQTTAsync_message msg = MQTTAsync_message_initializer;
     /* paho copies the payload before sendMessage returns. */
     msg.payload = (void *)(uintptr_t)payload;
     msg.payloadlen = (int)len;
     msg.qos = qos;
     msg.retained = retain;
-    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
-    if (rc != MQTTASYNC_SUCCESS) {
-        log_debug("mqtt: publish to %s refused: %s", topic, MQTTAsync_strerror(rc));
-        free(pc);
-        return -1;
-    }
-    return 0;
+    pthread_mutex_lock(&m->client_lock);
+    int rc = send_on_current(m, topic, &msg, tag, NULL);
+    pthread_mutex_unlock(&m->client_lock);
+    return rc;
 }
 
 int mqtt_publish_reply(struct mqtt *m, const char *topic, const void *payload, size_t len,
@@ -469,24 +776,21 @@ int mqtt_publish_reply(struct mqtt *m, const char *topic, const void *payload, s
 {
     if (!atomic_load(&m->connected) || len > INT32_MAX || correlation_len > 65535)
         return -1;
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_message msg = MQTTAsync_message_initializer;
     msg.payload = (void *)(uintptr_t)payload;
     msg.payloadlen = (int)len;
     msg.qos = 1;
-    if (correlation && m->cfg->mqtt.protocol == CONFIG_MQTT_5) {
+    if (correlation && m->v5) {
         MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA};
         p.value.data.data = (char *)(uintptr_t)correlation;
         p.value.data.len = (int)correlation_len;
         MQTTProperties_add(&msg.properties, &p); /* copies the data */
     }
-    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &ro);
+    pthread_mutex_lock(&m->client_lock);
+    int rc = send_on_current(m, topic, &msg, 0, NULL);
+    pthread_mutex_unlock(&m->client_lock);
     MQTTProperties_free(&msg.properties);
-    if (rc != MQTTASYNC_SUCCESS) {
-        log_debug("mqtt: reply to %s refused: %s", topic, MQTTAsync_strerror(rc));
-        return -1;
-    }
-    return 0;
+    return rc;
 }
 
 int mqtt_subscribe(struct mqtt *m, const char *filter, int qos)
@@ -494,9 +798,11 @@ int mqtt_subscribe(struct mqtt *m, const char *filter, int qos)
     if (!atomic_load(&m->connected))
         return -1;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    if (m->cfg->mqtt.protocol == CONFIG_MQTT_5)
+    if (m->v5)
         ro.subscribeOptions.retainAsPublished = 1;
-    int rc = MQTTAsync_subscribe(m->client, filter, qos, &ro);
+    pthread_mutex_lock(&m->client_lock);
+    int rc = m->cur ? MQTTAsync_subscribe(m->cur->client, filter, qos, &ro) : MQTTASYNC_FAILURE;
+    pthread_mutex_unlock(&m->client_lock);
     if (rc != MQTTASYNC_SUCCESS) {
         log_warn("mqtt: cannot subscribe to %s: %s", filter, MQTTAsync_strerror(rc));
         return -1;
@@ -514,6 +820,11 @@ uint64_t mqtt_reconnects(struct mqtt *m)
 {
     uint64_t n = atomic_load(&m->connects);
     return n > 0 ? n - 1 : 0;
+}
+
+bool mqtt_stalled(struct mqtt *m)
+{
+    return atomic_load(&m->stalled);
 }
 
 const char *mqtt_state_topic(const struct mqtt *m)
@@ -537,38 +848,39 @@ void mqtt_stop(struct mqtt *m, int timeout_ms)
         pthread_join(m->supervisor, NULL);
         m->supervisor_running = false;
     }
-    if (!m->client)
-        return;
-
-    if (atomic_load(&m->connected)) {
+    pthread_mutex_lock(&m->client_lock);
+    struct conn *c = m->cur;
+    if (c && atomic_load(&m->connected)) {
         /* The will covers a crash; a clean stop says "offline" itself because a
          * normal DISCONNECT discards the will. */
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         MQTTAsync_message msg = MQTTAsync_message_initializer;
         msg.payload = (void *)(uintptr_t) "offline";
         msg.payloadlen = 7;
         msg.qos = 1;
         msg.retained = 1;
-        if (MQTTAsync_sendMessage(m->client, m->state_topic, &msg, &ro) == MQTTASYNC_SUCCESS) {
-            if (MQTTAsync_waitForCompletion(m->client, ro.token, (unsigned long)timeout_ms) !=
+        MQTTAsync_token token = 0;
+        if (send_on_current(m, m->state_topic, &msg, 0, &token) == 0 &&
+            MQTTAsync_waitForCompletion(c->client, token, (unsigned long)timeout_ms) !=
                 MQTTASYNC_SUCCESS)
-                log_warn("mqtt: broker did not acknowledge 'offline' within %d ms", timeout_ms);
+            log_warn("mqtt: broker did not acknowledge 'offline' within %d ms", timeout_ms);
+    }
+    if (c && !atomic_load(&c->poisoned)) {
+        MQTTAsync_disconnectOptions dopts = MQTTAsync_disconnectOptions_initializer;
+        if (m->v5) {
+            MQTTAsync_disconnectOptions d5 = MQTTAsync_disconnectOptions_initializer5;
+            dopts = d5;
+        }
+        dopts.timeout = timeout_ms;
+        MQTTAsync_disconnect(c->client, &dopts);
+        /* MQTTAsync_disconnect returns before the socket closes; give it the
+         * time it asked for, bounded, so "offline" is not cut off by exit. */
+        for (int waited = 0; MQTTAsync_isConnected(c->client) && waited < timeout_ms; waited += 10) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
         }
     }
-    MQTTAsync_disconnectOptions dopts = MQTTAsync_disconnectOptions_initializer;
-    if (m->cfg->mqtt.protocol == CONFIG_MQTT_5) {
-        MQTTAsync_disconnectOptions d5 = MQTTAsync_disconnectOptions_initializer5;
-        dopts = d5;
-    }
-    dopts.timeout = timeout_ms;
-    MQTTAsync_disconnect(m->client, &dopts);
-    /* MQTTAsync_disconnect returns before the socket closes; give it the time
-     * it asked for, bounded, so "offline" is not cut off by process exit. */
-    for (int waited = 0; MQTTAsync_isConnected(m->client) && waited < timeout_ms; waited += 10) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
     atomic_store(&m->connected, false);
+    pthread_mutex_unlock(&m->client_lock);
 }
 
 void mqtt_free(struct mqtt *m)
@@ -576,10 +888,15 @@ void mqtt_free(struct mqtt *m)
     if (!m)
         return;
     mqtt_stop(m, 1000);
-    if (m->client)
-        MQTTAsync_destroy(&m->client);
+    pthread_mutex_lock(&m->client_lock);
+    conn_retire(m->cur);
+    m->cur = NULL;
+    pthread_mutex_unlock(&m->client_lock);
+    /* Quarantined clients stay: destroying one would free memory twice. */
     MQTTProperties_free(&m->connect_props);
     pthread_cond_destroy(&m->cond);
+    pthread_mutex_destroy(&m->ctx_lock);
+    pthread_mutex_destroy(&m->client_lock);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }

@@ -3,7 +3,8 @@
  * is the only file pair that knows paho).
  *
  * The connection has a stable client id and a persistent session, reconnects
- * by itself with backoff, and carries a last will (<base>/bridge/state =
+ * by itself with backoff (a fresh paho client each time: paho keeps nothing
+ * in flight across a reconnect, callers resend), and carries a last will (<base>/bridge/state =
  * "offline", retained). Callbacks run on paho's threads and must only hand off:
  * copy what they need, signal, return.
  */
@@ -80,6 +81,13 @@ bool mqtt_is_connected(struct mqtt *m);
 
 /* Reconnects since start (the first connect not counted). */
 uint64_t mqtt_reconnects(struct mqtt *m);
+
+/*
+ * True while the broker has closed several connections in a row before
+ * acknowledging any of our events or passings (see mqtt.c); false again at
+ * the first acknowledgement.
+ */
+bool mqtt_stalled(struct mqtt *m);
 
 /* The bridge state topic, <mqtt.base_topic>/bridge/state. */
 const char *mqtt_state_topic(const struct mqtt *m);
