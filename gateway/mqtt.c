@@ -118,7 +118,7 @@ struct mqtt {
     /* Held around every call into paho that uses cur, and while the
      * supervisor replaces cur. Never taken by a callback. */
     pthread_mutex_t client_lock;
-    struct conn *cur;
+    struct conn *_Atomic cur; /* written only by the supervisor, under client_lock */
 
     pthread_mutex_t ctx_lock; /* every conn's pub_ctx list */
 
@@ -126,6 +126,7 @@ struct mqtt {
     _Atomic bool ever_connected;
     _Atomic uint64_t connects;
     _Atomic bool stalled;
+    _Atomic uint64_t stalled_since_ms;
 
     /* Supervisor: makes every connection. Under lock. */
     pthread_t supervisor;
@@ -140,7 +141,6 @@ struct mqtt {
 
     /* Supervisor thread only. */
     unsigned no_progress;      /* connections in a row that acknowledged nothing */
-    uint64_t stalled_since_ms;
     uint64_t stuck_tag;
 };
 
@@ -182,9 +182,11 @@ static int build_uri(char *out, size_t cap, const char *url, bool *tls)
     return n > 0 && (size_t)n < cap ? 0 : -1;
 }
 
-/* Asks the supervisor for a new connection. */
-static void want_connect(struct mqtt *m)
+/* Asks the supervisor for a new connection to replace c, if c is still current. */
+static void want_connect(struct mqtt *m, struct conn *c)
 {
+    if (c != atomic_load(&m->cur))
+        return;
     pthread_mutex_lock(&m->lock);
     m->need_connect = true;
     pthread_cond_signal(&m->cond);
@@ -217,7 +219,7 @@ static void on_connection_lost(void *context, char *cause)
     log_warn("mqtt: lost connection to %s%s%s", m->uri, cause ? ": " : "", cause ? cause : "");
     if (m->cb.on_connection_lost)
         m->cb.on_connection_lost(m->cb.ctx, cause ? cause : "");
-    want_connect(m);
+    want_connect(m, c);
 }
 
 /* Translates paho's message and hands it on; paho frees it when we return 1. */
@@ -307,8 +309,6 @@ static void connect_failed(struct mqtt *m, int code, const char *message)
         log_debug("mqtt: connect to %s failed (%d)", m->uri, code);
     }
     m->tls_error[0] = '\0';
-    m->need_connect = true;
-    pthread_cond_signal(&m->cond);
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -316,12 +316,31 @@ static void on_connect_failure(void *context, MQTTAsync_failureData *resp)
 {
     struct conn *c = context;
     connect_failed(c->m, resp ? resp->code : -1, resp ? resp->message : NULL);
+    want_connect(c->m, c);
 }
 
 static void on_connect_failure5(void *context, MQTTAsync_failureData5 *resp)
 {
     struct conn *c = context;
     connect_failed(c->m, resp ? resp->code : -1, resp ? resp->message : NULL);
+    want_connect(c->m, c);
+}
+
+/*
+ * paho forgets a connect's failure callback only when a success callback is
+ * set too; without one it reports every later connection loss as a failed
+ * connect. on_connected does the work.
+ */
+static void on_connect_success(void *context, MQTTAsync_successData *resp)
+{
+    (void)context;
+    (void)resp;
+}
+
+static void on_connect_success5(void *context, MQTTAsync_successData5 *resp)
+{
+    (void)context;
+    (void)resp;
 }
 
 /* ---- publish contexts ---- */
@@ -375,6 +394,9 @@ static void publish_done(struct pub_ctx *pc, bool ok)
     if (pc->tag != 0) {
         if (ok) {
             atomic_fetch_add(&c->acked, 1);
+            if (atomic_load(&m->stalled) && atomic_exchange(&m->stalled, false))
+                log_info("mqtt: the broker acknowledges again, %.1f s after the stall began",
+                         (double)(now_ms() - atomic_load(&m->stalled_since_ms)) / 1000.0);
             if (m->cb.on_delivered)
                 m->cb.on_delivered(m->cb.ctx, pc->tag);
         } else if (m->cb.on_failed) {
@@ -488,14 +510,8 @@ static bool account(struct mqtt *m, struct conn *c)
         return false;
     uint64_t sent = atomic_load(&c->sent), acked = atomic_load(&c->acked);
     if (acked > 0 || sent == 0) {
-        if (acked > 0 && atomic_load(&m->stalled))
-            log_info("mqtt: the broker acknowledges again after %u connections without "
-                     "progress (%.1f s)",
-                     m->no_progress, (double)(now_ms() - m->stalled_since_ms) / 1000.0);
-        if (acked > 0) {
+        if (acked > 0)
             m->no_progress = 0;
-            atomic_store(&m->stalled, false);
-        }
         return false;
     }
     char topic[256] = "?";
@@ -508,7 +524,7 @@ static bool account(struct mqtt *m, struct conn *c)
     }
     pthread_mutex_unlock(&m->ctx_lock);
     if (m->no_progress++ == 0) {
-        m->stalled_since_ms = now_ms();
+        atomic_store(&m->stalled_since_ms, now_ms());
         m->stuck_tag = tag;
     }
     if (m->no_progress < STALL_CONNECTIONS)
@@ -576,11 +592,14 @@ static void reconnect(struct mqtt *m, bool clean)
 {
     pthread_mutex_lock(&m->client_lock);
     conn_retire(m->cur);
-    m->cur = conn_new(m, clean);
-    int rc = m->cur ? start_connect(m, m->cur) : MQTTASYNC_FAILURE;
+    struct conn *c = conn_new(m, clean);
+    atomic_store(&m->cur, c);
+    int rc = c ? start_connect(m, c) : MQTTASYNC_FAILURE;
     pthread_mutex_unlock(&m->client_lock);
-    if (rc != MQTTASYNC_SUCCESS)
+    if (rc != MQTTASYNC_SUCCESS) {
         connect_failed(m, rc, MQTTAsync_strerror(rc));
+        want_connect(m, c);
+    }
 }
 
 /* Makes every connection: the first, and one after each failure or loss. */
@@ -598,12 +617,13 @@ static void *supervise(void *arg)
         pthread_mutex_unlock(&m->lock);
 
         /* cur is only replaced here, so reading it without client_lock is fine. */
-        struct conn *c = m->cur;
+        struct conn *c = atomic_load(&m->cur);
         bool was_up = c && atomic_load(&c->up);
         bool clean = c && account(m, c);
         /* A connection that worked: back after a moment. One that acknowledged
-         * nothing backs off like a failed attempt. */
-        if (was_up && m->no_progress == 0)
+         * nothing backs off like a failed attempt, but a clean session is
+         * worth trying at once. */
+        if ((was_up && m->no_progress == 0) || clean)
             delay_s = RECONNECT_MIN_S;
 
         pthread_mutex_lock(&m->lock);
@@ -661,10 +681,12 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
         expiry.value.integer4 = (unsigned int)cfg->mqtt.session_expiry_s;
         MQTTProperties_add(&m->connect_props, &expiry);
         m->conn_opts.connectProperties = &m->connect_props;
+        m->conn_opts.onSuccess5 = on_connect_success5;
         m->conn_opts.onFailure5 = on_connect_failure5;
     } else {
         MQTTAsync_connectOptions init = MQTTAsync_connectOptions_initializer;
         m->conn_opts = init;
+        m->conn_opts.onSuccess = on_connect_success;
         m->conn_opts.onFailure = on_connect_failure;
     }
     m->conn_opts.keepAliveInterval = cfg->mqtt.keepalive_s;
@@ -724,8 +746,10 @@ int mqtt_start(struct mqtt *m, char *err, size_t errlen)
     pthread_mutex_lock(&m->client_lock);
     int rc = start_connect(m, m->cur);
     pthread_mutex_unlock(&m->client_lock);
-    if (rc != MQTTASYNC_SUCCESS)
+    if (rc != MQTTASYNC_SUCCESS) {
         connect_failed(m, rc, MQTTAsync_strerror(rc));
+        want_connect(m, m->cur);
+    }
     return 0;
 }
 

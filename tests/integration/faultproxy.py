@@ -16,6 +16,16 @@ the gateway and the broker to break the connection on purpose (stdlib only).
     proxy.slow(bytes_per_s=4000)  # throttle each direction (token bucket)
     proxy.slow(delay_ms=200)      # add latency to every chunk (each direction)
     proxy.slow()                  # back to full speed
+    proxy.refuse(marker)    # a broker that drops the connection at one message:
+                            # on connections accepted from now on, the
+                            # client's bytes are split into MQTT packets;
+                            # a PUBLISH containing `marker` is not forwarded,
+                            # what came before it is, and both sides are closed
+                            # (FIN) 0.2 s later, the way mosquitto closes on a
+                            # packet it rejects. unless_clean_start=True lets
+                            # it through on connections whose CONNECT asked
+                            # for a clean session (a broker whose stored
+                            # session is what is broken). refuse(None) ends it.
     proxy.counters()        # bytes_up/bytes_down forwarded (written to the
                             # other side), read_up/read_down read (some may be
                             # held), connections forwarded, refused (blocked),
@@ -69,6 +79,37 @@ class _Conn:
         self.up = _Pipe(client, upstream, "up")
         self.down = _Pipe(upstream, client, "down")
         self.closed = False
+        self.upbuf = bytearray()   # client bytes not yet split into packets (refuse)
+        self.clean_start = None    # from the client's CONNECT (refuse)
+        self.doom_at = None        # refused: close both sides at this time
+        self.screened = False      # refuse() was on when it was accepted
+
+
+def _packet_length(buf):
+    """Length of the first MQTT packet in buf, or None while it is incomplete."""
+    mult, value, i = 1, 0, 1
+    while True:
+        if i >= len(buf) or i > 4:
+            return None
+        b = buf[i]
+        value += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            break
+    total = i + value
+    return total if len(buf) >= total else None
+
+
+def _connect_clean_start(packet):
+    """The Clean Start / Clean Session flag of a CONNECT packet."""
+    i = 1
+    while packet[i] & 0x80:
+        i += 1
+    i += 1
+    name_len = int.from_bytes(packet[i:i + 2], "big")
+    flags = packet[i + 2 + name_len + 1]
+    return bool(flags & 0x02)
 
 
 def _reset_close(sock):
@@ -106,6 +147,7 @@ class FaultProxy:
         self._stalled = False
         self._rate = None       # bytes per second per direction, None = unlimited
         self._delay = 0.0       # seconds added to every chunk
+        self._refuse = None     # (marker, unless_clean_start) or None
         self._calls = collections.deque()
         self._calls_lock = threading.Lock()
         self._stopping = False
@@ -114,7 +156,8 @@ class FaultProxy:
         self._lock = threading.Lock()   # counters
         self._counts = {"bytes_up": 0, "bytes_down": 0, "read_up": 0, "read_down": 0,
                         "connections": 0, "refused": 0,
-                        "upstream_failed": 0, "cuts": 0, "closed_by_peer": 0}
+                        "upstream_failed": 0, "cuts": 0, "closed_by_peer": 0,
+                        "refused_publishes": 0}
         self.events = []         # (monotonic time, text): what happened, for reports
 
     # -- control (any thread) ------------------------------------------------
@@ -150,6 +193,14 @@ class FaultProxy:
                     p.tokens = 0.0
                     p.t_tokens = now
             self._event("slow bytes_per_s=%s delay_ms=%s" % (bytes_per_s, delay_ms))
+        return self._call(apply)
+
+    def refuse(self, marker, unless_clean_start=False):
+        """Drops the connection at every PUBLISH that contains marker (bytes);
+        refuse(None) forwards everything again."""
+        def apply():
+            self._refuse = None if marker is None else (bytes(marker), bool(unless_clean_start))
+            self._event("refuse %r unless_clean_start=%s" % (marker, unless_clean_start))
         return self._call(apply)
 
     def counters(self):
@@ -302,6 +353,7 @@ class FaultProxy:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._next_id += 1
             c = _Conn(self._next_id, client, upstream)
+            c.screened = self._refuse is not None
             self._conns[c.id] = c
             self._count("connections")
             self._event("connection %d" % c.id)
@@ -327,12 +379,17 @@ class FaultProxy:
         now = time.monotonic()
         wake_at = None
         for c in list(self._conns.values()):
+            if c.doom_at is not None:
+                if now >= c.doom_at:
+                    self._close(c, reset=False)
+                    continue
+                wake_at = c.doom_at if wake_at is None else min(wake_at, c.doom_at)
             want = {c.client: 0, c.upstream: 0}
             for p in (c.up, c.down):
                 # Reading goes on while stalled, the way a hung peer's kernel
                 # still takes bytes into its receive buffer; nothing is written
                 # and a close is not passed on.
-                if not p.eof and p.pending < MAX_PENDING:
+                if not p.eof and p.pending < MAX_PENDING and not (p is c.up and c.doom_at):
                     want[p.src] |= selectors.EVENT_READ
                 if self._stalled:
                     continue
@@ -381,8 +438,11 @@ class FaultProxy:
                     self._count("read_" + p.direction, len(data))
                     if self.tap is not None:
                         self.tap(p.direction, c.id, data)
-                    p.queue.append([now + self._delay, data])
-                    p.pending += len(data)
+                    if p is c.up and c.screened:
+                        data = self._screen(c, data, now)
+                    if data:
+                        p.queue.append([now + self._delay, data])
+                        p.pending += len(data)
         if mask & selectors.EVENT_WRITE and not self._stalled:
             p = c.down if sock is c.client else c.up
             n, _ = self._ready_bytes(p, now)
@@ -404,6 +464,35 @@ class FaultProxy:
                 else:
                     p.queue[0][1] = chunk[sent:]
                 p.pending -= sent
+
+    def _screen(self, c, data, now):
+        """refuse(): returns the complete packets of data that may pass; at a
+        refused PUBLISH, keeps back it and everything after, and dooms c."""
+        if c.doom_at is not None:
+            return b""
+        c.upbuf += data
+        if self._refuse is None:
+            out = bytes(c.upbuf)
+            c.upbuf.clear()
+            return out
+        out = bytearray()
+        marker, unless_clean = self._refuse
+        while True:
+            n = _packet_length(c.upbuf)
+            if n is None:
+                return bytes(out)
+            packet = bytes(c.upbuf[:n])
+            kind = packet[0] >> 4
+            if kind == 1:
+                c.clean_start = _connect_clean_start(packet)
+            elif kind == 3 and marker in packet and not (unless_clean and c.clean_start):
+                c.doom_at = now + 0.2
+                c.upbuf.clear()
+                self._count("refused_publishes")
+                self._event("connection %d: refused a PUBLISH containing %r" % (c.id, marker))
+                return bytes(out)
+            out += packet
+            del c.upbuf[:n]
 
     def _close(self, c, reset, by_peer=False):
         if c.closed:

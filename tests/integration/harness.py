@@ -1840,3 +1840,32 @@ class FsizeGateway(Gateway):
         if self._pump is not None:
             self._pump.join(5)
         return rc
+
+
+def metric(gw, name):
+    """The value of an unlabelled sample in the gateway's /metrics, or None."""
+    text = gw.request("GET", "/metrics").body.decode()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    return None
+
+
+def sockfault_env(publish_n):
+    """Environment that preloads tests/faults/sockfault.c into a gateway so that
+    its broker socket is shut down under the publish_n-th first-time QoS 1
+    PUBLISH (the write then fails with EPIPE)."""
+    lib = os.environ.get("R2M_SOCKFAULT") or os.path.join(REPO, "build", "tests",
+                                                          "libr2m_sockfault.so")
+    if not os.path.exists(lib):
+        raise AssertionError("fault library %s missing (set R2M_SOCKFAULT)" % lib)
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    # An ASan gateway insists on its runtime coming first; the fault library
+    # has no sanitizer and intercepts one libc call, so the order is harmless.
+    asan = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+    return {"LD_PRELOAD": lib, "R2M_SOCKFAULT_PUBLISH_N": str(publish_n),
+            "ASAN_OPTIONS": asan}
+
+
+BROKER_REFUSALS_RE = r"disconnected due to (malformed packet|protocol error)"
