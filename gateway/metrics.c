@@ -16,8 +16,8 @@
 #include <string.h>
 
 static const char *const families[] = {
-    "lap",   "event", "weather", "vsc",   "penalty", "damage", "fuel", "tire",
-    "pit",   "track", "reset",   "remove", "esc",    "other",
+    "lap",  "event", "weather", "vsc",   "penalty", "damage", "fuel",
+    "tire", "pit",   "track",   "reset", "remove",  "esc",    "other",
 };
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
@@ -25,8 +25,8 @@ static const int statuses[] = {200, 204, 400, 401, 404, 405, 413, 500, 503};
 #define N_STATUSES (sizeof statuses / sizeof statuses[0])
 
 /* Upper bounds of the publish latency histogram, in microseconds. */
-static const uint64_t latency_bounds_us[] = {250, 500, 1000, 2500, 5000, 10000, 50000, 250000,
-                                             1000000};
+static const uint64_t latency_bounds_us[] = {250,   500,   1000,   2500,   5000,
+                                             10000, 50000, 250000, 1000000};
 #define N_BOUNDS (sizeof latency_bounds_us / sizeof latency_bounds_us[0])
 
 static _Atomic uint64_t counters[METRIC_COUNTER_COUNT];

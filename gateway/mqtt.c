@@ -80,13 +80,13 @@ struct pub_ctx;
 struct conn {
     struct mqtt *m;
     MQTTAsync client;
-    bool clean;                 /* asked for a clean session */
-    _Atomic bool up;            /* CONNACK seen */
-    _Atomic bool poisoned;      /* paho's state is unsafe: never destroy */
+    bool clean;            /* asked for a clean session */
+    _Atomic bool up;       /* CONNACK seen */
+    _Atomic bool poisoned; /* paho's state is unsafe: never destroy */
     /* Tagged publishes (events, passings) sent and acknowledged on it. */
     _Atomic uint64_t sent, acked;
     struct pub_ctx *head, *tail; /* outstanding publishes, oldest first (ctx_lock) */
-    struct conn *next;          /* quarantine list */
+    struct conn *next;           /* quarantine list */
 };
 
 /* Per-publish context handed to paho and given back in the response callback. */
@@ -133,14 +133,14 @@ struct mqtt {
     bool supervisor_running;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool need_connect;  /* the current client failed or lost its connection */
+    bool need_connect; /* the current client failed or lost its connection */
     bool stopping;
     bool stopped;
     bool warned_unreachable;
     char tls_error[256]; /* OpenSSL's last complaint, for the next log line */
 
     /* Supervisor thread only. */
-    unsigned no_progress;      /* connections in a row that acknowledged nothing */
+    unsigned no_progress; /* connections in a row that acknowledged nothing */
     uint64_t stuck_tag;
 };
 
@@ -236,7 +236,8 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         .retained = msg->retained != 0,
     };
     char *response_topic = NULL;
-    MQTTProperty *rt = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+    MQTTProperty *rt =
+        MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
     if (rt && rt->value.data.len > 0 &&
         !memchr(rt->value.data.data, '\0', (size_t)rt->value.data.len)) {
         response_topic = strndup(rt->value.data.data, (size_t)rt->value.data.len);
@@ -274,20 +275,24 @@ static void explain(struct mqtt *m, int code, const char *message, char *out, si
         snprintf(out, cap, "broker refused: %s%s", MQTTReasonCode_toString(code),
                  code == 0x86 || code == 0x87 ? "; check mqtt.username and mqtt.password" : "");
     } else if (!m->v5 && code >= 1 && code <= 5) {
-        static const char *const refusals[] = {"", "unacceptable protocol version",
-                                               "client id rejected", "server unavailable",
+        static const char *const refusals[] = {"",
+                                               "unacceptable protocol version",
+                                               "client id rejected",
+                                               "server unavailable",
                                                "bad user name or password",
                                                "not authorised"};
         snprintf(out, cap, "broker refused: %s%s", refusals[code],
                  code >= 4 ? "; check mqtt.username and mqtt.password" : "");
     } else if (m->tls && m->tls_error[0]) {
         /* e.g. "...:certificate verify failed:..." */
-        const char *why = strstr(m->tls_error, "certificate verify failed") ? "certificate verify failed"
-                                                                             : m->tls_error;
+        const char *why = strstr(m->tls_error, "certificate verify failed")
+                              ? "certificate verify failed"
+                              : m->tls_error;
         snprintf(out, cap, "TLS: %s; check mqtt.ca_file%s", why,
                  m->cfg->mqtt.ca_file ? "" : " (none set: the system's CA store was used)");
     } else if (m->tls) {
-        snprintf(out, cap, "%d: %s; the broker is unreachable, or its certificate is not "
+        snprintf(out, cap,
+                 "%d: %s; the broker is unreachable, or its certificate is not "
                  "trusted (mqtt.ca_file) or not issued for this host name",
                  code, message ? message : "TLS connect failure");
     } else {
@@ -754,8 +759,8 @@ int mqtt_start(struct mqtt *m, char *err, size_t errlen)
 }
 
 /* Sends msg on the current client with a report to pc; under client_lock. */
-static int send_on_current(struct mqtt *m, const char *topic, MQTTAsync_message *msg,
-                           uint64_t tag, MQTTAsync_token *token)
+static int send_on_current(struct mqtt *m, const char *topic, MQTTAsync_message *msg, uint64_t tag,
+                           MQTTAsync_token *token)
 {
     struct conn *c = m->cur;
     if (!c || !atomic_load(&m->connected))
@@ -898,7 +903,8 @@ void mqtt_stop(struct mqtt *m, int timeout_ms)
         MQTTAsync_disconnect(c->client, &dopts);
         /* MQTTAsync_disconnect returns before the socket closes; give it the
          * time it asked for, bounded, so "offline" is not cut off by exit. */
-        for (int waited = 0; MQTTAsync_isConnected(c->client) && waited < timeout_ms; waited += 10) {
+        for (int waited = 0; MQTTAsync_isConnected(c->client) && waited < timeout_ms;
+             waited += 10) {
             struct timespec ts = {0, 10 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }

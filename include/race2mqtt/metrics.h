@@ -17,10 +17,10 @@ enum metrics_counter {
     METRIC_JOURNAL_COMMITS,
     METRIC_MQTT_PUBLISH_FAILED,
     METRIC_STATE_PUBLISHED,
-    METRIC_RR_PASSINGS,     /* RACE RESULT passings acknowledged by the broker */
-    METRIC_RR_REQUESTS,     /* REST API requests answered (any HTTP status) */
-    METRIC_RR_ERRORS,       /* REST requests failed: network, timeout, non-2xx, bad JSON */
-    METRIC_MQTT_STALLS,     /* connections in a row closed before any acknowledgement */
+    METRIC_RR_PASSINGS,            /* RACE RESULT passings acknowledged by the broker */
+    METRIC_RR_REQUESTS,            /* REST API requests answered (any HTTP status) */
+    METRIC_RR_ERRORS,              /* REST requests failed: network, timeout, non-2xx, bad JSON */
+    METRIC_MQTT_STALLS,            /* connections in a row closed before any acknowledgement */
     METRIC_MQTT_CLIENTS_ABANDONED, /* paho clients left alone after a write error */
     METRIC_COUNTER_COUNT
 };
@@ -42,8 +42,8 @@ void metrics_publish_latency_us(uint64_t us);
 struct metrics_gauges {
     int broker_connected;
     uint64_t mqtt_reconnects;
-    int mqtt_stalled;         /* 1 while the broker acknowledges nothing across reconnects */
-    uint64_t queue_depth;     /* journaled, not yet acknowledged */
+    int mqtt_stalled;     /* 1 while the broker acknowledges nothing across reconnects */
+    uint64_t queue_depth; /* journaled, not yet acknowledged */
     uint64_t journal_bytes;
     uint64_t journal_max_bytes;
     uint64_t last_seq;

@@ -31,7 +31,7 @@ static atomic_long publishes;
 
 __attribute__((constructor)) static void sockfault_init(void)
 {
-    real_writev = (ssize_t (*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
+    real_writev = (ssize_t(*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
     const char *n = getenv("R2M_SOCKFAULT_PUBLISH_N");
     fire_at = n ? strtol(n, NULL, 10) : 0;
 }
