@@ -34,10 +34,11 @@
  *   never destroyed, left to the process. That leaks the client and its
  *   in-flight copies (at most mqtt.max_inflight messages) once per broker
  *   loss in the middle of a write, which is rare and bounded per event;
- *   destroying it would corrupt the heap. Clean sessions (3.1.1 clean
- *   session, or MQTT 5 session expiry 0) make paho clean its list at the
- *   loss, which hits the same double free: they are used only when the
- *   stall detector below asks for one.
+ *   destroying it would corrupt the heap. For the same reason paho must
+ *   never clean that list itself, which it does at a loss when the session
+ *   is not kept: a 3.1.1 clean session carries no publish (it only drops the
+ *   broker's copy of our session, then we reconnect), and an MQTT 5 session
+ *   expiry of 0 is sent as 1 s.
  *
  * - The broker keeps our session (clean start off): our subscriptions and the
  *   commands queued for us survive a reconnect. A fresh paho client with the
@@ -81,6 +82,7 @@ struct conn {
     struct mqtt *m;
     MQTTAsync client;
     bool clean;            /* asked for a clean session */
+    bool reset_only;       /* 3.1.1 clean session: connected only to drop it */
     _Atomic bool up;       /* CONNACK seen */
     _Atomic bool poisoned; /* paho's state is unsafe: never destroy */
     /* Tagged publishes (events, passings) sent and acknowledged on it. */
@@ -198,6 +200,16 @@ static void on_connected(void *context, char *cause)
     struct conn *c = context;
     struct mqtt *m = c->m;
     (void)cause;
+    if (c->clean && !m->v5) {
+        /* 3.1.1 has no clean start that keeps the session afterwards, and a
+         * clean-session client must never carry a publish (see the top): the
+         * broker has dropped our stored session now, so go on with a
+         * persistent one at once. */
+        log_info("mqtt: the broker dropped our stored session; reconnecting with a new one");
+        c->reset_only = true;
+        want_connect(m, c);
+        return;
+    }
     bool again = atomic_exchange(&m->ever_connected, true);
     atomic_store(&c->up, true);
     atomic_store(&m->connected, true);
@@ -574,6 +586,16 @@ static void conn_retire(struct conn *c)
         pthread_mutex_unlock(&quarantine_lock);
         return;
     }
+    if (MQTTAsync_isConnected(c->client)) {
+        /* Still up (a session reset): a DISCONNECT, so that the broker
+         * discards the will instead of publishing "offline". */
+        MQTTAsync_disconnectOptions dopts = MQTTAsync_disconnectOptions_initializer;
+        MQTTAsync_disconnect(c->client, &dopts);
+        for (int waited = 0; MQTTAsync_isConnected(c->client) && waited < 1000; waited += 10) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
     /* paho calls back only with its own lock held, which destroy takes too:
      * after it no callback for c runs or will run. */
     MQTTAsync_destroy(&c->client);
@@ -624,12 +646,15 @@ static void *supervise(void *arg)
         /* cur is only replaced here, so reading it without client_lock is fine. */
         struct conn *c = atomic_load(&m->cur);
         bool was_up = c && atomic_load(&c->up);
+        bool reset = c && c->reset_only;
         bool clean = c && account(m, c);
         /* A connection that worked: back after a moment. One that acknowledged
          * nothing backs off like a failed attempt, but a clean session is
          * worth trying at once. */
         if ((was_up && m->no_progress == 0) || clean)
             delay_s = RECONNECT_MIN_S;
+        if (reset)
+            delay_s = 0;
 
         pthread_mutex_lock(&m->lock);
         struct timespec until;
@@ -683,7 +708,11 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
         MQTTProperties props = MQTTProperties_initializer;
         m->connect_props = props;
         MQTTProperty expiry = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
-        expiry.value.integer4 = (unsigned int)cfg->mqtt.session_expiry_s;
+        /* 0 would make paho clean its in-flight list at every loss, which
+         * frees the copy of a publish that failed on a broken socket twice
+         * (see the top); one second is what the broker keeps instead. */
+        expiry.value.integer4 =
+            cfg->mqtt.session_expiry_s > 0 ? (unsigned int)cfg->mqtt.session_expiry_s : 1;
         MQTTProperties_add(&m->connect_props, &expiry);
         m->conn_opts.connectProperties = &m->connect_props;
         m->conn_opts.onSuccess5 = on_connect_success5;
@@ -691,6 +720,8 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
     } else {
         MQTTAsync_connectOptions init = MQTTAsync_connectOptions_initializer;
         m->conn_opts = init;
+        /* The initializer's default tries 3.1 after a failed 3.1.1 connect. */
+        m->conn_opts.MQTTVersion = MQTTVERSION_3_1_1;
         m->conn_opts.onSuccess = on_connect_success;
         m->conn_opts.onFailure = on_connect_failure;
     }

@@ -22,10 +22,11 @@ the gateway and the broker to break the connection on purpose (stdlib only).
                             # a PUBLISH containing `marker` is not forwarded,
                             # what came before it is, and both sides are closed
                             # (FIN) 0.2 s later, the way mosquitto closes on a
-                            # packet it rejects. unless_clean_start=True lets
-                            # it through on connections whose CONNECT asked
-                            # for a clean session (a broker whose stored
-                            # session is what is broken). refuse(None) ends it.
+                            # packet it rejects. unless_clean_start=True: a
+                            # broker whose stored session is what is broken,
+                            # so refusing ends for good at the first CONNECT
+                            # that asks for a clean session. refuse(None)
+                            # ends it too.
     proxy.counters()        # bytes_up/bytes_down forwarded (written to the
                             # other side), read_up/read_down read (some may be
                             # held), connections forwarded, refused (blocked),
@@ -80,7 +81,6 @@ class _Conn:
         self.down = _Pipe(upstream, client, "down")
         self.closed = False
         self.upbuf = bytearray()   # client bytes not yet split into packets (refuse)
-        self.clean_start = None    # from the client's CONNECT (refuse)
         self.doom_at = None        # refused: close both sides at this time
         self.screened = False      # refuse() was on when it was accepted
 
@@ -148,6 +148,7 @@ class FaultProxy:
         self._rate = None       # bytes per second per direction, None = unlimited
         self._delay = 0.0       # seconds added to every chunk
         self._refuse = None     # (marker, unless_clean_start) or None
+        self._refuse_lifted = False  # a clean CONNECT was seen (unless_clean_start)
         self._calls = collections.deque()
         self._calls_lock = threading.Lock()
         self._stopping = False
@@ -200,6 +201,7 @@ class FaultProxy:
         refuse(None) forwards everything again."""
         def apply():
             self._refuse = None if marker is None else (bytes(marker), bool(unless_clean_start))
+            self._refuse_lifted = False
             self._event("refuse %r unless_clean_start=%s" % (marker, unless_clean_start))
         return self._call(apply)
 
@@ -483,9 +485,11 @@ class FaultProxy:
                 return bytes(out)
             packet = bytes(c.upbuf[:n])
             kind = packet[0] >> 4
-            if kind == 1:
-                c.clean_start = _connect_clean_start(packet)
-            elif kind == 3 and marker in packet and not (unless_clean and c.clean_start):
+            if kind == 1 and unless_clean and _connect_clean_start(packet):
+                if not self._refuse_lifted:
+                    self._event("connection %d: clean session, refusing no more" % c.id)
+                self._refuse_lifted = True
+            elif kind == 3 and marker in packet and not self._refuse_lifted:
                 c.doom_at = now + 0.2
                 c.upbuf.clear()
                 self._count("refused_publishes")

@@ -115,11 +115,17 @@ class SessionPoisonTests(harness.IntegrationCase):
             lambda: harness.rr_read_cursors(gw.store_dir) == {DEV: (1, files[1] + 1)}, 10))
 
     def test_a_message_the_broker_keeps_refusing(self):
-        """A broker that drops the connection whenever one event arrives on
-        the stored session (faultproxy.refuse, lifted for a clean session):
-        the gateway sees connections end without an acknowledgement, says so
-        once (log and /metrics), connects with a clean session, and the event
-        and everything behind it arrive, in order, none skipped."""
+        self.refused_message("5")
+
+    def test_a_message_the_broker_keeps_refusing_mqtt311(self):
+        self.refused_message("3.1.1")
+
+    def refused_message(self, protocol):
+        """A broker that drops the connection whenever one event arrives, until
+        a client drops its stored session (faultproxy.refuse): the gateway
+        sees connections end without an acknowledgement, says so once (log
+        and /metrics), drops the session, and the event and everything
+        behind it arrive, in order, none skipped."""
         d = self.tmpdir()
         broker = self.start_broker(d, persistence=True)
         proxy = self.track(faultproxy.FaultProxy(broker.port)).start()
@@ -127,7 +133,7 @@ class SessionPoisonTests(harness.IntegrationCase):
         proxy.refuse(marker, unless_clean_start=True)
         sub = self.subscribe(broker.port, [TOPIC], qos=1, protocol=mqtt.MQTTv311,
                              client_id=harness.unique("r2m-it-refused"), persistent=True)
-        gw = harness.Gateway(d, proxy.port)
+        gw = harness.Gateway(d, proxy.port, protocol=protocol)
         self.track(gw).start()
         answered = {}
 
@@ -145,7 +151,7 @@ class SessionPoisonTests(harness.IntegrationCase):
         post(50, mark=marker.decode())
         for i in range(51, 101):
             post(i)
-        harness.delivery_report(self, sub, answered, TOPIC, "refused message")
+        harness.delivery_report(self, sub, answered, TOPIC, "refused message (MQTT %s)" % protocol)
         recovered = time.monotonic() - t_poison
         refusals = proxy.counters()["refused_publishes"]
         print("refused %d times; everything delivered %.1f s after the refused event was "
@@ -156,7 +162,7 @@ class SessionPoisonTests(harness.IntegrationCase):
         self.assertIn("smartrace/other/" + EVENT, stalls[0])
         self.assertEqual(harness.metric(gw, "race2mqtt_mqtt_stalls_total"), 1.0)
         self.assertEqual(harness.metric(gw, "race2mqtt_mqtt_stalled"), 0.0)
-        self.assertTrue(harness.log_lines(broker.log_path, r"as %s \(p5, c1," % gw.client_id),
+        self.assertTrue(harness.log_lines(broker.log_path, r"as %s \(p[25], c1," % gw.client_id),
                         "no clean-session connection reached the broker")
 
 
