@@ -618,8 +618,8 @@ static int start_connect(struct mqtt *m, struct conn *c)
 static void reconnect(struct mqtt *m, bool clean)
 {
     pthread_mutex_lock(&m->client_lock);
-    conn_retire(m->cur);
     struct conn *c = conn_new(m, clean);
+    conn_retire(m->cur);
     atomic_store(&m->cur, c);
     int rc = c ? start_connect(m, c) : MQTTASYNC_FAILURE;
     pthread_mutex_unlock(&m->client_lock);
@@ -699,6 +699,16 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
         snprintf(err, errlen, "mqtt.url: not an mqtt:// or mqtts:// URL: '%s'", cfg->mqtt.url);
         goto fail;
     }
+    /* The first client now: a URL paho cannot use fails the start, and
+     * paho's heap must exist before MQTTProperties_add below. There is always
+     * a client from here on (reconnect() creates the next before it destroys
+     * the last): destroying the last one ends paho's heap under our
+     * connect properties. */
+    m->cur = conn_new(m, false);
+    if (!m->cur) {
+        snprintf(err, errlen, "mqtt: cannot create a client for %s", m->uri);
+        goto fail;
+    }
 
     if (m->v5) {
         MQTTAsync_connectOptions init5 = MQTTAsync_connectOptions_initializer5;
@@ -757,12 +767,6 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
                      "anyone on the path can read and change the traffic");
     }
 
-    /* The first client now, so that a URL paho cannot use fails the start. */
-    m->cur = conn_new(m, false);
-    if (!m->cur) {
-        snprintf(err, errlen, "mqtt: cannot create a client for %s", m->uri);
-        goto fail;
-    }
     *out = m;
     return 0;
 fail:
@@ -949,12 +953,13 @@ void mqtt_free(struct mqtt *m)
     if (!m)
         return;
     mqtt_stop(m, 1000);
+    /* Before the last client goes, and paho's heap with it. */
+    MQTTProperties_free(&m->connect_props);
     pthread_mutex_lock(&m->client_lock);
     conn_retire(m->cur);
     m->cur = NULL;
     pthread_mutex_unlock(&m->client_lock);
     /* Quarantined clients stay: destroying one would free memory twice. */
-    MQTTProperties_free(&m->connect_props);
     pthread_cond_destroy(&m->cond);
     pthread_mutex_destroy(&m->ctx_lock);
     pthread_mutex_destroy(&m->client_lock);
