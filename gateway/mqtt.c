@@ -85,6 +85,7 @@ struct conn {
     bool reset_only;       /* 3.1.1 clean session: connected only to drop it */
     _Atomic bool up;       /* CONNACK seen */
     _Atomic bool poisoned; /* paho's state is unsafe: never destroy */
+    _Atomic bool lost;     /* its loss was reported to the callbacks */
     /* Tagged publishes (events, passings) sent and acknowledged on it. */
     _Atomic uint64_t sent, acked;
     struct pub_ctx *head, *tail; /* outstanding publishes, oldest first (ctx_lock) */
@@ -223,14 +224,24 @@ static void on_connected(void *context, char *cause)
         m->cb.on_connected(m->cb.ctx);
 }
 
+/* Tells the callbacks, once per connection, that c's connection is gone. */
+static void report_lost(struct mqtt *m, struct conn *c, const char *cause)
+{
+    if (!atomic_load(&c->up) || atomic_exchange(&c->lost, true))
+        return;
+    atomic_store(&m->connected, false);
+    log_warn("mqtt: lost connection to %s%s%s", m->uri, cause[0] ? ": " : "", cause);
+    if (m->cb.on_connection_lost)
+        m->cb.on_connection_lost(m->cb.ctx, cause);
+}
+
 static void on_connection_lost(void *context, char *cause)
 {
     struct conn *c = context;
     struct mqtt *m = c->m;
-    atomic_store(&m->connected, false);
-    log_warn("mqtt: lost connection to %s%s%s", m->uri, cause ? ": " : "", cause ? cause : "");
-    if (m->cb.on_connection_lost)
-        m->cb.on_connection_lost(m->cb.ctx, cause ? cause : "");
+    if (c != atomic_load(&m->cur))
+        return; /* an abandoned client closing late: the supervisor reported it */
+    report_lost(m, c, cause ? cause : "");
     want_connect(m, c);
 }
 
@@ -451,6 +462,7 @@ static void publish_failed(struct pub_ctx *pc, int code)
                  "abandoned (paho 1.3.12 keeps a dangling copy of that message) and a "
                  "fresh one takes over",
                  pc->topic);
+        want_connect(c->m, c);
     }
     publish_done(pc, false);
 }
@@ -645,6 +657,8 @@ static void *supervise(void *arg)
 
         /* cur is only replaced here, so reading it without client_lock is fine. */
         struct conn *c = atomic_load(&m->cur);
+        if (c)
+            report_lost(m, c, atomic_load(&c->poisoned) ? "abandoned after a write error" : "");
         bool was_up = c && atomic_load(&c->up);
         bool reset = c && c->reset_only;
         bool clean = c && account(m, c);
