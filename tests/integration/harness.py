@@ -954,6 +954,19 @@ class _Stoppable:
             pass
 
 
+def rr_decoder_world(case, workdir, files, api_key, customer, device, client_prefix):
+    """A fake RACE RESULT with one Decoder holding files ({file: passings}), a
+    persistent broker and a persistent 3.1.1 subscriber on every passing,
+    all tracked by case. Returns (fake, broker, sub)."""
+    rr = fake_raceresult(api_key=api_key, customer=customer, world={
+        "devices": [{"id": device, "type": "Decoder", "files": dict(files)}]})
+    case.track(_Stoppable(rr))
+    broker = case.start_broker(workdir, persistence=True)
+    sub = case.subscribe(broker.port, ["raceresult/+/passing"], qos=1, protocol=mqtt.MQTTv311,
+                         persistent=True, client_id=unique(client_prefix))
+    return rr, broker, sub
+
+
 def rr_extra(fake, api_key, customer, **keys):
     """extra= for Gateway: [raceresult] pointing at fake; keys override/add."""
     sec = {"enabled": "true", "base_url": fake.url, "customer_id": str(customer),

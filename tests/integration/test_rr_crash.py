@@ -13,7 +13,6 @@ stored atomically, so
 """
 import time
 
-import paho.mqtt.client as mqtt
 
 import harness
 
@@ -27,13 +26,7 @@ class RaceResultCrashTests(harness.IntegrationCase):
 
     def setup_rr(self, files, **keys):
         d = self.tmpdir()
-        rr = harness.fake_raceresult(api_key=KEY, customer=CID, world={
-            "devices": [{"id": DEV, "type": "Decoder", "files": dict(files)}]})
-        self.track(harness._Stoppable(rr))
-        broker = self.start_broker(d, persistence=True)
-        sub = self.subscribe(broker.port, ["raceresult/+/passing"], qos=1,
-                             protocol=mqtt.MQTTv311, persistent=True,
-                             client_id=harness.unique("r2m-it-rrcrash"))
+        rr, broker, sub = harness.rr_decoder_world(self, d, files, KEY, CID, DEV, "r2m-it-rrcrash")
         cfg = dict(start="all", amount=AMOUNT)
         cfg.update(keys)
         gw = self.start_gateway(d, broker, extra=harness.rr_extra(rr, KEY, CID, **cfg))

@@ -98,13 +98,7 @@ class SessionPoisonTests(harness.IntegrationCase):
     def test_passings_after_a_write_error(self):
         d = self.tmpdir()
         files = {1: 3000}
-        rr = harness.fake_raceresult(api_key=KEY, customer=CID, world={
-            "devices": [{"id": DEV, "type": "Decoder", "files": dict(files)}]})
-        self.track(harness._Stoppable(rr))
-        broker = self.start_broker(d, persistence=True)
-        sub = self.subscribe(broker.port, ["raceresult/+/passing"], qos=1,
-                             protocol=mqtt.MQTTv311, persistent=True,
-                             client_id=harness.unique("r2m-it-poison-rr"))
+        rr, broker, sub = harness.rr_decoder_world(self, d, files, KEY, CID, DEV, "r2m-it-poison-rr")
         col = harness.PassingCollector(sub)
         everything = self.subscribe(broker.port, ["#"], qos=1)
         gw = self.start_gateway(d, broker, env=harness.sockfault_env(FAULT_AT),
