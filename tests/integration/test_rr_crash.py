@@ -13,7 +13,6 @@ stored atomically, so
 """
 import time
 
-
 import harness
 
 KEY = "rr-crash-key-55aa"
