@@ -110,8 +110,23 @@ static const char *check_http_url(void *field);
 static const char *check_topic(void *field);
 static const char *check_share_name(void *field);
 static const char *check_url_safe(void *field);
+/* Home Assistant drops a discovery topic whose node or object id has
+ * anything else ("illegal discovery topic"). */
+static const char *check_node_id(void *field)
+{
+    const char *s = *(char **)field;
+    if (strlen(s) > 64)
+        return "longer than 64 bytes";
+    for (const char *p = s; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-')
+            return "may contain only A-Z a-z 0-9 _ - (Home Assistant refuses other characters)";
+    }
+    return NULL;
+}
+
 static const char *check_qos(void *field);
 static const char *check_level(void *field);
+static const char *check_node_id(void *field);
 
 static const struct choice start_choices[] = {
     {"file", CONFIG_RR_START_FILE},
@@ -261,6 +276,18 @@ static const struct key keys[] = {
     {.section = "homeassistant", .name = "prefix", .type = KEY_STRING, AT(homeassistant.prefix),
      .def = "homeassistant", .flags = KEY_REQUIRED, .check = check_topic,
      .help = "Home Assistant discovery prefix"},
+    {.section = "homeassistant", .name = "node_id", .type = KEY_STRING,
+     AT(homeassistant.node_id), .check = check_node_id,
+     .help = "this gateway's id in discovery topics and unique ids; default: mqtt.client_id "
+             "with other characters than A-Z a-z 0-9 _ - replaced by _"},
+    {.section = "homeassistant", .name = "birth_delay_ms", .type = KEY_INT,
+     AT(homeassistant.birth_delay_ms), .def = "3000", .min = 0, .max = 600000,
+     .help = "after Home Assistant says online on <prefix>/status, wait this long, then "
+             "publish every config and all state again"},
+    {.section = "homeassistant", .name = "stale_after_s", .type = KEY_INT,
+     AT(homeassistant.stale_after_s), .def = "0", .min = 0, .max = 31536000,
+     .help = "remove a controller or decoder from Home Assistant when it was not seen for "
+             "this long; 0 = keep it until it leaves the session or the device list"},
 
     {.section = "store", .name = "dir", .type = KEY_STRING, AT(store.dir), .def = "./var",
      .flags = KEY_REQUIRED, .help = "state directory: journal and cursors"},
@@ -997,6 +1024,19 @@ static int config_validate(struct loader *l)
         }
         if (!cfg->raceresult.customer_id) {
             fail_key(l, enabled, "RACE RESULT is enabled but raceresult.customer_id is not set");
+            return -1;
+        }
+    }
+
+    if (!cfg->homeassistant.node_id) {
+        char id[65];
+        size_t n = 0;
+        for (const char *p = cfg->mqtt.client_id; *p && n < sizeof id - 1; p++)
+            id[n++] = isalnum((unsigned char)*p) || *p == '-' ? *p : '_';
+        id[n] = '\0';
+        cfg->homeassistant.node_id = strdup(n ? id : "race2mqtt");
+        if (!cfg->homeassistant.node_id) {
+            fail_key(l, key_find("homeassistant", "node_id"), "out of memory");
             return -1;
         }
     }

@@ -239,6 +239,13 @@ bool ingest_state_dirty(struct ingest *in)
     return dirty;
 }
 
+void ingest_controllers(struct ingest *in, state_controller_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&in->lock);
+    state_controllers(in->st, fn, ctx);
+    pthread_mutex_unlock(&in->lock);
+}
+
 static int write_all(int fd, const char *buf, size_t len)
 {
     while (len > 0) {

@@ -11,6 +11,7 @@
  *                                              \--> publisher --QoS 1--> broker
  *   REST API --rest--> rrpoll --QoS 1--> broker --PUBACK--> cursor on disk
  *   broker --<base>/<dev>/cmd--> cmdworker --rest--> cmd endpoint --> response
+ *   race state + device list --> hass --> <prefix>/device/<node>/.../config
  *
  * Shutdown runs the exact reverse: stop accepting, drain to the broker within
  * store.flush_timeout_ms, say "offline", close the journal (which keeps the
@@ -36,6 +37,7 @@
 
 #include "race2mqtt/cmdworker.h"
 #include "race2mqtt/config.h"
+#include "race2mqtt/hass.h"
 #include "race2mqtt/http.h"
 #include "race2mqtt/ingest.h"
 #include "race2mqtt/journal.h"
@@ -43,6 +45,7 @@
 #include "race2mqtt/metrics.h"
 #include "race2mqtt/mqtt.h"
 #include "race2mqtt/publisher.h"
+#include "race2mqtt/raceresult.h"
 #include "race2mqtt/rest.h"
 #include "race2mqtt/rrpoll.h"
 
@@ -60,6 +63,7 @@ struct gateway {
     struct rest_auth *rest_auth;
     struct rrpoll *rrpoll;
     struct cmdworker *cmdworker;
+    struct hass *hass;
     struct http *_Atomic http;
 };
 
@@ -100,13 +104,48 @@ static void mqtt_connected(void *ctx)
         rrpoll_connected(g->rrpoll);
     if (g->cmdworker)
         cmdworker_connected(g->cmdworker);
+    hass_connected(g->hass);
 }
 
 static void mqtt_message(void *ctx, const struct mqtt_message *msg)
 {
     struct gateway *g = ctx;
+    if (hass_message(g->hass, msg))
+        return;
     if (g->cmdworker)
         cmdworker_message(g->cmdworker, msg);
+}
+
+/* Home Assistant restarted: everything retained once more. */
+static void republish_retained(void *ctx)
+{
+    struct gateway *g = ctx;
+    publisher_republish(g->publisher);
+    if (g->rrpoll)
+        rrpoll_republish(g->rrpoll);
+}
+
+/* The poller's device list, for discovery. */
+static void decoder_seen(void *ctx, const struct rr_device *d)
+{
+    struct gateway *g = ctx;
+    struct hass_decoder hd = {
+        .level = d->level,
+        .name = d->name,
+        .model = rr_device_type_name(d->type),
+        .connected = d->connected,
+        .has_file_no = d->has_file_no,
+        .has_records = d->has_records,
+        .file_no = d->file_no,
+        .records = d->records,
+    };
+    hass_decoder_seen(g->hass, &hd);
+}
+
+static void decoders_listed(void *ctx)
+{
+    struct gateway *g = ctx;
+    hass_decoders_listed(g->hass);
 }
 
 static void mqtt_lost(void *ctx, const char *cause)
@@ -283,12 +322,23 @@ static int run(struct gateway *g, const sigset_t *signals)
             .max_body = (size_t)g->cfg.raceresult.max_response,
         };
         g->rest_auth = rest_auth_new(&ropt);
-        g->rrpoll = g->rest_auth ? rrpoll_new(&g->cfg, g->rest_auth) : NULL;
+        struct rrpoll_observer obs = {.device = decoder_seen, .listed = decoders_listed, .ctx = g};
+        g->rrpoll = g->rest_auth ? rrpoll_new(&g->cfg, g->rest_auth, &obs) : NULL;
         g->cmdworker = g->rest_auth ? cmdworker_new(&g->cfg, g->rest_auth) : NULL;
         if (!g->rrpoll || !g->cmdworker) {
             snprintf(err, sizeof err, "out of memory");
             goto out;
         }
+    }
+    char page[128];
+    lan_address(&g->cfg, page, sizeof page);
+    char url[192];
+    snprintf(url, sizeof url, "http://%s:%d/", page, g->cfg.http.port);
+    struct hass_hooks hh = {.republish = republish_retained, .ctx = g};
+    g->hass = hass_new(&g->cfg, g->ingest, &hh, g->cfg.smartrace.enabled ? url : NULL);
+    if (!g->hass) {
+        snprintf(err, sizeof err, "out of memory");
+        goto out;
     }
     struct mqtt_callbacks cb = {
         .on_connected = mqtt_connected,
@@ -302,6 +352,7 @@ static int run(struct gateway *g, const sigset_t *signals)
         publisher_start(g->publisher, g->mqtt, err, sizeof err) != 0 ||
         (g->rrpoll && rrpoll_start(g->rrpoll, g->mqtt, err, sizeof err) != 0) ||
         (g->cmdworker && cmdworker_start(g->cmdworker, g->mqtt, err, sizeof err) != 0) ||
+        hass_start(g->hass, g->mqtt, err, sizeof err) != 0 ||
         mqtt_start(g->mqtt, err, sizeof err) != 0)
         goto out;
 
@@ -326,6 +377,7 @@ out:
         log_error("%s", err);
     /* The reverse of the start order. */
     http_stop(atomic_load(&g->http), HTTP_DRAIN_MS);
+    hass_stop(g->hass);
     cmdworker_stop(g->cmdworker);
     rrpoll_stop(g->rrpoll);
     publisher_stop(g->publisher, g->cfg.store.flush_timeout_ms);
@@ -334,6 +386,7 @@ out:
     journal_close(g->journal);
     g->journal = NULL;
     http_free(atomic_exchange(&g->http, NULL));
+    hass_free(g->hass);
     cmdworker_free(g->cmdworker);
     rrpoll_free(g->rrpoll);
     rest_auth_free(g->rest_auth);

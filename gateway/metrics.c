@@ -45,6 +45,11 @@ static size_t family_index(const char *family, size_t len)
     return N_FAMILIES - 1;
 }
 
+uint64_t metrics_get(enum metrics_counter c)
+{
+    return atomic_load_explicit(&counters[c], memory_order_relaxed);
+}
+
 void metrics_inc(enum metrics_counter c)
 {
     atomic_fetch_add_explicit(&counters[c], 1, memory_order_relaxed);

@@ -40,6 +40,8 @@
  * the race as it is, not every intermediate standings table, and at thousands
  * of laps per second one state round per event would triple the traffic. */
 #define STATE_MIN_INTERVAL_US 20000
+/* Counters for dashboards: every few seconds is plenty, and only on change. */
+#define STATS_INTERVAL_MS 5000
 
 struct slot {
     uint64_t seq;
@@ -70,6 +72,7 @@ struct publisher {
     bool wake;
     bool want_acks; /* window full or draining: wake on every acknowledgement */
     bool connected_event;
+    bool republish_event;
     bool stop;
     uint64_t stop_deadline_us;
     struct tag_list acks, fails;
@@ -85,6 +88,9 @@ struct publisher {
     uint64_t last_persist_us, last_release_us, last_state_us;
     bool state_resync; /* a state publish was refused: send all of it again */
     char info_topic[256];
+    char stats_topic[256];
+    char last_stats[256];
+    uint64_t last_stats_us;
 
     _Atomic uint64_t acked;
 };
@@ -164,11 +170,20 @@ struct publisher *publisher_new(const struct config *cfg, struct journal *j, str
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
     snprintf(p->info_topic, sizeof p->info_topic, "%s/bridge/info", cfg->mqtt.base_topic);
+    snprintf(p->stats_topic, sizeof p->stats_topic, "%s/bridge/stats", cfg->mqtt.base_topic);
     uint64_t acked = journal_acked(j);
     atomic_store(&p->acked, acked);
     p->persisted_acked = acked;
     journal_seek(j, acked, &p->read_pos);
     return p;
+}
+
+void publisher_republish(struct publisher *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->republish_event = true;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
 }
 
 void publisher_wake(struct publisher *p)
@@ -247,6 +262,44 @@ static void publish_bridge(struct publisher *p)
     const char *text = json_object_to_json_string_length(info, JSON_C_TO_STRING_PLAIN, &len);
     mqtt_publish(p->m, p->info_topic, text, len, 1, true, 0);
     json_object_put(info);
+}
+
+/* <base>/bridge/stats when it changed (or always with force), at most
+ * every STATS_INTERVAL_MS. events_accepted is the last seq: every event
+ * ever accepted, across restarts; passings counts since this start. */
+static void publish_stats(struct publisher *p, bool force)
+{
+    uint64_t now = now_us();
+    if (!force && now - p->last_stats_us < STATS_INTERVAL_MS * 1000u)
+        return;
+    struct journal_stats st;
+    journal_get_stats(p->j, &st);
+    uint64_t last = st.next_seq > 0 ? st.next_seq - 1 : 0;
+    uint64_t acked = atomic_load(&p->acked);
+    char text[sizeof p->last_stats];
+    int len = snprintf(text, sizeof text,
+                       "{\"events_accepted\":%llu,\"queue_depth\":%llu,\"journal_bytes\":%llu,"
+                       "\"passings\":%llu}",
+                       (unsigned long long)last,
+                       (unsigned long long)(last > acked ? last - acked : 0),
+                       (unsigned long long)st.bytes,
+                       (unsigned long long)metrics_get(METRIC_RR_PASSINGS));
+    p->last_stats_us = now;
+    if (len <= 0 || (size_t)len >= sizeof text || (!force && strcmp(text, p->last_stats) == 0))
+        return;
+    if (mqtt_publish(p->m, p->stats_topic, text, (size_t)len, 1, true, 0) == 0)
+        memcpy(p->last_stats, text, (size_t)len + 1);
+}
+
+/* Everything retained that the publisher owns: bridge state, info, stats
+ * and the whole race state. */
+static void republish_all(struct publisher *p)
+{
+    publish_bridge(p);
+    publish_stats(p, true);
+    p->state_resync = false;
+    p->last_state_us = now_us();
+    ingest_emit_state(p->in, true, state_publish, p);
 }
 
 /* Publishes one journal record; false when the client refused it. */
@@ -384,7 +437,7 @@ static void *run(void *arg)
 
     pthread_mutex_lock(&p->lock);
     for (;;) {
-        if (!p->wake && !p->connected_event && !p->stop && p->fails.n == 0 &&
+        if (!p->wake && !p->connected_event && !p->republish_event && !p->stop && p->fails.n == 0 &&
             (p->acks.n == 0 || !p->want_acks)) {
             /* Sleep until the next tick, or sooner when a state round is due. */
             long wait_ns = TICK_MS * 1000000L;
@@ -409,9 +462,10 @@ static void *run(void *arg)
         fails = t;
         p->fails.n = 0;
         bool reconnected = p->connected_event;
+        bool republish = p->republish_event;
         bool stopping = p->stop;
         uint64_t deadline = p->stop_deadline_us;
-        p->connected_event = false;
+        p->connected_event = p->republish_event = false;
         p->wake = false;
         pthread_mutex_unlock(&p->lock);
 
@@ -420,16 +474,15 @@ static void *run(void *arg)
             for (size_t i = 0; i < p->wcount; i++)
                 slot_at(p, i)->needs_send = !slot_at(p, i)->acked;
             if (p->connected) {
-                publish_bridge(p);
-                p->state_resync = false;
-                p->last_state_us = now_us();
-                ingest_emit_state(p->in, true, state_publish, p);
+                republish_all(p);
                 if (p->wcount > 0)
                     log_info("publisher: resending %zu unacknowledged events from seq %llu",
                              p->wcount, (unsigned long long)slot_at(p, 0)->seq);
             }
         } else if (p->connected && !mqtt_is_connected(p->m)) {
             p->connected = false;
+        } else if (republish && p->connected) {
+            republish_all(p);
         }
 
         apply_acks(p, &acks, &fails);
@@ -438,6 +491,7 @@ static void *run(void *arg)
             if (resend(p))
                 fill(p);
             publish_state(p, now_us());
+            publish_stats(p, false);
         }
         housekeeping(p, false);
 

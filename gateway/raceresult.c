@@ -250,6 +250,14 @@ static bool rr_device_from(struct rr_device *d, struct json_object *rec)
     else if ((v = rr_get(rec, "ConnStatus", json_type_int)) != NULL)
         d->connected = json_object_get_int64(v) == 1; /* 2 is "bad connection" */
 
+    if ((v = rr_get(rec, "DeviceName", json_type_string)) != NULL ||
+        (v = rr_get(system, "DeviceName", json_type_string)) != NULL) {
+        const char *s = json_object_get_string(v);
+        size_t len = rr_cut(s, strnlen(s, (size_t)json_object_get_string_len(v)), RR_NAME_MAX);
+        memcpy(d->name, s, len);
+        d->name[len] = '\0';
+    }
+
     d->has_file_no =
         rr_member_int(rec, "FileNo", &d->file_no) || rr_member_int(data, "FileNumber", &d->file_no);
     d->has_records = rr_member_int(rec, "RecordsCount", &d->records) ||
@@ -462,6 +470,10 @@ char *rr_status_payload(const struct rr_device *dev, size_t *len)
     rr_status_position(&b, rec);
     v = rr_get(decoder, "Firmware", json_type_string);
     rr_ref(&b, "firmware", v ? v : rr_get(system, "Firmware", json_type_string));
+    if (dev->has_records)
+        rr_take_int(&b, "records", dev->records);
+    else
+        rr_ref(&b, "records", NULL);
     rr_ref(&b, "raw", rec);
     return rr_finish(&b, len);
 }

@@ -75,6 +75,7 @@ struct rrpoll {
     struct rest_auth *auth;
     struct rest *rest;
     struct mqtt *m;
+    struct rrpoll_observer obs;
     pthread_t thread;
     bool running;
     _Atomic bool stop;
@@ -82,6 +83,7 @@ struct rrpoll {
     pthread_mutex_t lock; /* protects the hand-off below */
     pthread_cond_t cond;
     bool connected_event;
+    bool republish_event;
     uint32_t page_gen;    /* tags of other generations are stale */
     uint8_t *acked;       /* one flag per passing of the page in flight */
     size_t page_n;
@@ -149,6 +151,13 @@ void rrpoll_connected(struct rrpoll *p)
     pthread_mutex_lock(&p->lock);
     p->connected_event = true;
     pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void rrpoll_republish(struct rrpoll *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->republish_event = true;
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -569,9 +578,13 @@ static void poll_round(struct rrpoll *p)
         if (!d)
             continue;
         publish_status(p, d, &list.devices[i]);
+        if (p->obs.device)
+            p->obs.device(p->obs.ctx, &list.devices[i]);
         if (mqtt_is_connected(p->m) && due(d, &list.devices[i], now))
             fetch_device(p, d, &list.devices[i]);
     }
+    if (p->obs.listed && !atomic_load(&p->stop))
+        p->obs.listed(p->obs.ctx);
 out:
     rr_device_list_cleanup(&list);
     rest_response_cleanup(&resp);
@@ -591,8 +604,8 @@ static void *run(void *arg)
     struct rrpoll *p = arg;
     while (!atomic_load(&p->stop)) {
         pthread_mutex_lock(&p->lock);
-        bool reconnected = p->connected_event;
-        p->connected_event = false;
+        bool reconnected = p->connected_event || p->republish_event;
+        p->connected_event = p->republish_event = false;
         pthread_mutex_unlock(&p->lock);
         if (!mqtt_is_connected(p->m)) {
             /* Nothing is fetched that could not be acknowledged. */
@@ -613,13 +626,16 @@ static void *run(void *arg)
     return NULL;
 }
 
-struct rrpoll *rrpoll_new(const struct config *cfg, struct rest_auth *auth)
+struct rrpoll *rrpoll_new(const struct config *cfg, struct rest_auth *auth,
+                          const struct rrpoll_observer *obs)
 {
     struct rrpoll *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->cfg = cfg;
     p->auth = auth;
+    if (obs)
+        p->obs = *obs;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
     return p;

@@ -82,6 +82,7 @@ struct ctrl {
     char color_bg[STATE_STR_MAX + 1];
     char color_text[STATE_STR_MAX + 1];
     int position; /* 0: not in the standings */
+    uint64_t event_seq; /* seq of its last event; not in the snapshot */
     bool dirty;
 };
 
@@ -370,6 +371,7 @@ static void state_apply_controller(struct state *st, const struct sr_event *ev, 
         c->updated.set = true;
         c->updated.v = ev->time_ms;
     }
+    c->event_seq = seq;
     c->dirty = true;
 }
 
@@ -776,6 +778,12 @@ bool state_dirty(const struct state *st)
             return true;
     }
     return false;
+}
+
+void state_controllers(const struct state *st, state_controller_fn fn, void *ctx)
+{
+    for (size_t i = 0; i < st->nctrl; i++)
+        fn(ctx, st->ctrl[i].level, st->ctrl[i].event_seq);
 }
 
 /* ---- snapshot ---------------------------------------------------------- */

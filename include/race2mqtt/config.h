@@ -86,6 +86,9 @@ struct config {
     struct {
         bool enabled;
         char *prefix;
+        char *node_id;      /* [A-Za-z0-9_-]; derived from mqtt.client_id when unset */
+        int birth_delay_ms; /* HA said online: republish after this long */
+        int stale_after_s;  /* 0 = never forget a controller or decoder by age */
     } homeassistant;
     struct {
         char *dir;               /* default ./var */

@@ -49,6 +49,10 @@ enum ingest_result ingest_event(struct ingest *in, const char *body, size_t len,
 void ingest_emit_state(struct ingest *in, bool all, state_emit_fn fn, void *ctx);
 bool ingest_state_dirty(struct ingest *in);
 
+/* See state_controllers(). Takes the lock for the duration: fn must be quick
+ * and must not call back into ingest. */
+void ingest_controllers(struct ingest *in, state_controller_fn fn, void *ctx);
+
 /*
  * Starts the thread that writes the state snapshot atomically (temp file,
  * fsync, rename, fsync of the directory) about once a second when it changed.

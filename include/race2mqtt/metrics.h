@@ -28,6 +28,7 @@ enum metrics_counter {
 /* HTTP status classes counted for the metrics page. */
 void metrics_http_status(int status);
 void metrics_inc(enum metrics_counter c);
+uint64_t metrics_get(enum metrics_counter c);
 
 /*
  * Events by family: the topic level after the smartrace base ("lap", "event",

@@ -46,6 +46,11 @@ void publisher_wake(struct publisher *p);
 void publisher_stop(struct publisher *p, int timeout_ms);
 void publisher_free(struct publisher *p);
 
+/* Publish the bridge topics and all retained state again, as after a
+ * reconnect but without resending events (Home Assistant restarted). Any
+ * thread. */
+void publisher_republish(struct publisher *p);
+
 /* Highest seq such that it and all before it are acknowledged. */
 uint64_t publisher_acked(struct publisher *p);
 

@@ -30,6 +30,7 @@ struct json_object;
 #define RR_MAX_DEPTH 32 /* JSON nesting accepted from the API */
 #define RR_ID_MAX 128   /* device id bytes kept (as sent, cut) */
 #define RR_PASSING_ID_MAX (RR_ID_MAX + 48)
+#define RR_NAME_MAX 96  /* device name bytes kept */
 
 enum rr_error {
     RR_OK = 0,
@@ -49,6 +50,7 @@ const char *rr_device_type_name(enum rr_device_type t);
 struct rr_device {
     char id[RR_ID_MAX + 1];          /* DeviceID / System.DeviceID, as sent (cut) */
     char level[TOPIC_LEVEL_MAX + 1]; /* id sanitised as a topic level */
+    char name[RR_NAME_MAX + 1];      /* DeviceName / System.DeviceName (cut, no NUL), or "" */
     enum rr_device_type type;
     bool connected; /* Connected, or ConnStatus == 1 */
     /* Change detectors: the poller asks for detections only when one of these
@@ -90,7 +92,8 @@ void rr_device_list_cleanup(struct rr_device_list *list);
  * The retained status payload of SPEC section 3: device, name, type,
  * connected, battery (null for -1 or absent), temperature, file, timing_mode,
  * error_flags, position {latitude, longitude, altitude, flag} when present,
- * and raw (the record as received). Returns malloc'd JSON text (caller frees)
+ * firmware, records (RecordsCount / Data.PassingNo: passings in the current
+ * file) and raw (the record as received). Returns malloc'd JSON text (caller frees)
  * and its length, or NULL on no memory.
  * Every member is always there, null when the record lacks it: battery is
  * BatteryCharge >= 0 or an installed Ubidium battery's Level; timing_mode is

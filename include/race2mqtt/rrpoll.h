@@ -23,8 +23,20 @@ struct rrpoll;
 /* Publish tags of the poller carry this bit; the rest belong to the journal. */
 #define RRPOLL_TAG_BIT (UINT64_C(1) << 63)
 
-/* cfg and auth are borrowed and must outlive the poller. NULL on no memory. */
-struct rrpoll *rrpoll_new(const struct config *cfg, struct rest_auth *auth);
+struct rr_device;
+
+/* Who else wants to know which devices the list holds (discovery). Called on
+ * the poller's thread: copy and return. */
+struct rrpoll_observer {
+    void (*device)(void *ctx, const struct rr_device *d); /* each device of a list */
+    void (*listed)(void *ctx);                            /* after a complete list */
+    void *ctx;
+};
+
+/* cfg and auth are borrowed and must outlive the poller; obs (may be NULL)
+ * is copied. NULL on no memory. */
+struct rrpoll *rrpoll_new(const struct config *cfg, struct rest_auth *auth,
+                          const struct rrpoll_observer *obs);
 
 /* Creates <store.dir>/raceresult and starts the thread publishing through m. */
 int rrpoll_start(struct rrpoll *p, struct mqtt *m, char *err, size_t errlen);
@@ -38,5 +50,9 @@ void rrpoll_connected(struct rrpoll *p);
 void rrpoll_connection_lost(struct rrpoll *p);
 void rrpoll_delivered(struct rrpoll *p, uint64_t tag);
 void rrpoll_failed(struct rrpoll *p, uint64_t tag);
+
+/* Publish every device's status and availability again (Home Assistant
+ * restarted). Any thread. */
+void rrpoll_republish(struct rrpoll *p);
 
 #endif

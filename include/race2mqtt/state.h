@@ -46,6 +46,12 @@ void state_emit(struct state *st, bool all, state_emit_fn fn, void *ctx);
 /* True when state_emit(st, false, ...) would emit something. */
 bool state_dirty(const struct state *st);
 
+/* Calls fn for every controller in the state, in no particular order, with
+ * its topic level and the seq of its last event (0 after a restart, until
+ * its next event). For outputs that follow the controllers (discovery). */
+typedef void (*state_controller_fn)(void *ctx, const char *level, uint64_t event_seq);
+void state_controllers(const struct state *st, state_controller_fn fn, void *ctx);
+
 /* The whole state as JSON text (malloc'd, caller frees), including its seq. */
 char *state_save(const struct state *st);
 

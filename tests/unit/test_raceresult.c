@@ -106,7 +106,7 @@ static void assert_keys(struct json_object *o, const char *const *keys, size_t n
 
 static const char *const status_keys[] = {"device",      "name",        "type",     "connected",
                                           "battery",     "temperature", "file",     "timing_mode",
-                                          "error_flags", "position",    "firmware", "raw"};
+                                          "error_flags", "position",    "firmware", "records", "raw"};
 static const char *const passing_keys[] = {"id",          "device", "file",    "no",   "kind",
                                            "transponder", "time",   "time_ms", "loop", "channel",
                                            "hits",        "rssi",   "battery", "raw"};
