@@ -180,7 +180,7 @@ struct state {
     struct json_object *event; /* owned */
     struct json_object *track; /* owned */
     enum state_phase phase;
-    const char *flag; /* state_phases[].flag or "yellow": what was emitted last */
+    const char *flag; /* state_phases[].flag or "yellow", as last derived; a change marks D_FLAG */
     bool official;    /* the standings are result[], from event.end */
     size_t nresult;
     struct standing result[STATE_MAX_CONTROLLERS];
