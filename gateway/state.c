@@ -2,16 +2,21 @@
  * state.c - the race as it is now, for the retained <base>/state/... topics.
  *
  * Owns: status, weather, vsc (plain strings), the current event and the active
- * track (JSON), one record per controller, the standings, and the list of
- * controller topics that must be deleted on the broker. Everything is a copy:
- * no json_object of an event is ever kept, because event trees belong to the
- * thread that parsed them and json-c reference counts are not atomic.
+ * track (JSON), one record per controller, the standings (computed, or the
+ * official result), the light flag, and the list of controller topics that
+ * must be deleted on the broker. Everything is a copy: no json_object of an
+ * event is ever kept, because event trees belong to the thread that parsed
+ * them and json-c reference counts are not atomic.
  *
  * Inputs are parsed SmartRace events (see smartrace.c for their wire format).
  * Values the app may send as numbers or numeric strings go through
  * smartrace_int(); a member of the wrong type is ignored, and an event whose
  * defining member is unusable (a lap without "lap", a fuel update without
  * "fuel") changes nothing at all, so a garbled event cannot create a controller.
+ *
+ * The payloads are a contract (README "What it publishes"): every JSON topic
+ * has a fixed set of members of fixed types, null for what is not known, so
+ * that templates and light controllers never meet a missing key.
  *
  * Decisions where SmartRace says nothing:
  * - event.start begins a new event: lap counters, lap times and standings are
@@ -23,10 +28,36 @@
  *   without time sorts after those with one), then seq. After event.end they
  *   are the official result until the next event.start or ui.reset; later lap
  *   events still update the controllers but not the standings.
+ * - Computed and official standings have one entry shape (struct standing).
+ *   The official result sends ids (controller_id as an integer, driver_id,
+ *   car_id), not names: names, colours and the last lap come from the
+ *   controller records as they are at event.end (the result is a picture of
+ *   that moment), laps and best lap from the result, falling back to the
+ *   record where the result lacks them. Members the result adds beyond the
+ *   documented ones are not copied (the raw result is on <base>/event/end).
+ *   gap, pitstops, retired and disqualified are null in computed standings:
+ *   a time gap needs the leader's crossing time of every lap, which is not kept.
  * - Controllers are keyed by their topic level, so ids that sanitise alike
  *   share one record, as they share one retained topic.
- * - Controller JSON uses null for what is not known yet (laps is 0 until the
- *   first lap) so that templates see a stable set of members.
+ *
+ * The flag (<base>/state/flag) is for lights. It follows the phase of the
+ * event: the latest known status since the last event.start or ui.reset, with
+ * event.end counting as "ended":
+ *
+ *   phase                         flag
+ *   no event (start, ui.reset)    none
+ *   event.start, no status yet    start
+ *   prepare_for_start, starting   start
+ *   restarting                    start   (lights count down again after a
+ *                                          suspension: cars must not go yet)
+ *   jumpstart                     jumpstart
+ *   running                       green, or yellow while vsc is "deployed"
+ *   suspended                     red     (whatever the VSC)
+ *   ended, event.end              checkered
+ *
+ * A status the table does not know leaves the phase (and the flag) as it was:
+ * a light should not go dark or green on a name a later app version adds.
+ * VSC only matters while running; it is the same vsc as <base>/state/vsc.
  *
  * Bounds: STATE_MAX_CONTROLLERS records (events for further ids are ignored),
  * strings cut at STATE_STR_MAX bytes on a UTF-8 boundary, official results at
@@ -47,7 +78,8 @@
 #define STATE_STR_MAX 128
 #define STATE_ID_MAX (TOPIC_LEVEL_MAX * 4 + 1)
 #define STATE_MAX_DELETIONS (STATE_MAX_CONTROLLERS * 4)
-#define STATE_SNAPSHOT_VERSION 1
+/* 2: official results as standings entries, and the flag phase. 1 still loads. */
+#define STATE_SNAPSHOT_VERSION 2
 /* A snapshot nests an event's data (at most SMARTRACE_MAX_DEPTH) a few levels down. */
 #define STATE_SNAPSHOT_DEPTH (SMARTRACE_MAX_DEPTH + 8)
 #define STATE_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
@@ -59,12 +91,49 @@ enum {
     D_EVENT = 1u << 3,
     D_TRACK = 1u << 4,
     D_STANDINGS = 1u << 5,
-    D_ALL = (1u << 6) - 1,
+    D_FLAG = 1u << 6,
+    D_ALL = (1u << 7) - 1,
 };
+
+/* What the flag follows (see the table at the top); PH_NONE is zero. */
+enum state_phase {
+    PH_NONE,
+    PH_EVENT,
+    PH_PREPARE_FOR_START,
+    PH_STARTING,
+    PH_JUMPSTART,
+    PH_RUNNING,
+    PH_SUSPENDED,
+    PH_RESTARTING,
+    PH_ENDED,
+};
+
+/* name: the SmartRace status (also the snapshot's spelling); flag: its light. */
+static const struct {
+    const char *name;
+    const char *flag;
+} state_phases[] = {
+    [PH_NONE] = {"none", "none"},
+    [PH_EVENT] = {"event", "start"},
+    [PH_PREPARE_FOR_START] = {"prepare_for_start", "start"},
+    [PH_STARTING] = {"starting", "start"},
+    [PH_JUMPSTART] = {"jumpstart", "jumpstart"},
+    [PH_RUNNING] = {"running", "green"},
+    [PH_SUSPENDED] = {"suspended", "red"},
+    [PH_RESTARTING] = {"restarting", "start"},
+    [PH_ENDED] = {"ended", "checkered"},
+};
+
+#define STATE_NPHASES (sizeof state_phases / sizeof state_phases[0])
 
 struct opt_int {
     bool set;
     int64_t v;
+};
+
+struct opt_bool {
+    bool set;
+    bool v;
 };
 
 /* Strings are "" when unknown. */
@@ -86,6 +155,21 @@ struct ctrl {
     bool dirty;
 };
 
+/* One entry of the standings, computed or official; strings "" when unknown. */
+struct standing {
+    int position;
+    char id[STATE_ID_MAX];
+    int64_t laps;
+    struct opt_int best, last, pitstops;
+    struct opt_bool retired, disqualified;
+    bool has_gap; /* the leader's gap is "", a value */
+    char gap[STATE_STR_MAX + 1];
+    char driver[STATE_STR_MAX + 1];
+    char car[STATE_STR_MAX + 1];
+    char color_bg[STATE_STR_MAX + 1];
+    char color_text[STATE_STR_MAX + 1];
+};
+
 struct state {
     char *base;
     char *topic; /* scratch for full topic names */
@@ -94,9 +178,13 @@ struct state {
     char status[STATE_STR_MAX + 1];
     char weather[8];
     char vsc[16];
-    struct json_object *event;    /* owned */
-    struct json_object *track;    /* owned */
-    struct json_object *official; /* owned: array, the result of event.end */
+    struct json_object *event; /* owned */
+    struct json_object *track; /* owned */
+    enum state_phase phase;
+    const char *flag; /* state_phases[].flag or "yellow", as last derived; a change marks D_FLAG */
+    bool official;    /* the standings are result[], from event.end */
+    size_t nresult;
+    struct standing result[STATE_MAX_CONTROLLERS];
     size_t nctrl;
     struct ctrl ctrl[STATE_MAX_CONTROLLERS];
     size_t ndeleted;
@@ -158,6 +246,7 @@ struct state *state_new(const char *base_topic)
         state_free(st);
         return NULL;
     }
+    st->flag = state_phases[PH_NONE].flag;
     return st;
 }
 
@@ -166,13 +255,13 @@ static void state_clear(struct state *st)
 {
     json_object_put(st->event);
     json_object_put(st->track);
-    json_object_put(st->official);
     char *base = st->base, *topic = st->topic;
     size_t topic_cap = st->topic_cap;
     memset(st, 0, sizeof *st);
     st->base = base;
     st->topic = topic;
     st->topic_cap = topic_cap;
+    st->flag = state_phases[PH_NONE].flag;
 }
 
 void state_free(struct state *st)
@@ -255,8 +344,8 @@ static void state_clear_laps(struct state *st)
         c->lap_seq = 0;
         c->dirty = true;
     }
-    json_object_put(st->official);
-    st->official = NULL;
+    st->official = false;
+    st->nresult = 0;
     st->dirty |= D_STANDINGS;
 }
 
@@ -421,6 +510,7 @@ static void state_apply_start(struct state *st, const struct sr_event *ev)
     json_object_put(st->event);
     st->event = e;
     st->dirty |= D_EVENT;
+    st->phase = PH_EVENT;
     state_clear_laps(st);
 }
 
@@ -441,18 +531,95 @@ static bool state_result_id(struct json_object *entry, char *out, size_t cap)
     return false;
 }
 
+static struct ctrl *state_ctrl_by_id(struct state *st, const char *id)
+{
+    for (size_t i = 0; i < st->nctrl; i++) {
+        if (strcmp(st->ctrl[i].id, id) == 0)
+            return &st->ctrl[i];
+    }
+    return NULL;
+}
+
+/* What a standings entry takes from a controller record. */
+static void state_standing_names(struct standing *s, const struct ctrl *c)
+{
+    s->last = c->last;
+    memcpy(s->driver, c->driver, sizeof s->driver);
+    memcpy(s->car, c->car, sizeof s->car);
+    memcpy(s->color_bg, c->color_bg, sizeof s->color_bg);
+    memcpy(s->color_text, c->color_text, sizeof s->color_text);
+}
+
+/* A flag of the result: JSON true/false, or 0/1 as some backends write them. */
+static struct opt_bool state_result_bool(struct json_object *entry, const char *key)
+{
+    struct opt_bool b = {false, false};
+    struct json_object *v;
+    int64_t n;
+    if (!json_object_object_get_ex(entry, key, &v))
+        return b;
+    if (json_object_is_type(v, json_type_boolean)) {
+        b.set = true;
+        b.v = json_object_get_boolean(v);
+    } else if (json_object_is_type(v, json_type_int) && smartrace_int(v, &n) &&
+               (n == 0 || n == 1)) {
+        b.set = true;
+        b.v = n == 1;
+    }
+    return b;
+}
+
+/*
+ * One entry of event.end's result at position -> out, in the shape of the
+ * computed standings (see the top of the file); false, out undefined, if it
+ * has no usable controller_id.
+ */
+static bool state_result_entry(struct state *st, struct json_object *entry, int64_t position,
+                               struct standing *out)
+{
+    int64_t n;
+    memset(out, 0, sizeof *out);
+    if (position <= 0 || position > INT32_MAX || !state_result_id(entry, out->id, sizeof out->id))
+        return false;
+    out->position = (int)position;
+    const struct ctrl *c = state_ctrl_by_id(st, out->id);
+    if (c) {
+        state_standing_names(out, c);
+        out->laps = c->laps.set ? c->laps.v : 0;
+        out->best = c->best;
+    }
+    if (state_member_int(entry, "laps", &n) && n >= 0)
+        out->laps = n;
+    /* 0 is "no time", as in lap events. */
+    if (state_member_int(entry, "best_laptime", &n) && n > 0) {
+        out->best.set = true;
+        out->best.v = n;
+    }
+    if (state_member_int(entry, "pitstops", &n) && n >= 0) {
+        out->pitstops.set = true;
+        out->pitstops.v = n;
+    }
+    out->has_gap = state_member_str(entry, "gap", out->gap, sizeof out->gap);
+    out->retired = state_result_bool(entry, "retired");
+    out->disqualified = state_result_bool(entry, "disqualified");
+    return true;
+}
+
 struct state_result {
     int64_t position;
+    size_t index;              /* order in the result: the tie-break of equal positions */
     struct json_object *entry; /* borrowed from the event */
 };
 
 static int state_result_cmp(const void *a, const void *b)
 {
     const struct state_result *x = a, *y = b;
-    return (x->position > y->position) - (x->position < y->position);
+    if (x->position != y->position)
+        return x->position < y->position ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
 }
 
-/* data.result {"1": {...}, "2": {...}} -> [{"position": 1, ...}, ...] */
+/* data.result {"1": {...}, "2": {...}} -> result[], best position first */
 static void state_apply_result(struct state *st, struct json_object *result)
 {
     struct state_result rows[STATE_MAX_CONTROLLERS];
@@ -469,38 +636,18 @@ static void state_apply_result(struct state *st, struct json_object *result)
         if (!ok || !json_object_is_type(entry, json_type_object))
             continue;
         rows[n].position = pos;
+        rows[n].index = n;
         rows[n].entry = entry;
         n++;
     }
     qsort(rows, n, sizeof rows[0], state_result_cmp);
 
-    struct json_object *arr = json_object_new_array_ext((int)n);
-    if (!arr)
-        return;
+    st->nresult = 0;
     for (size_t i = 0; i < n; i++) {
-        struct json_object *o = json_object_new_object();
-        if (!o || json_object_array_add(arr, o) != 0) {
-            json_object_put(o);
-            json_object_put(arr);
-            return;
-        }
-        json_object_object_add(o, "position", json_object_new_int64(rows[i].position));
-        it = json_object_iter_begin(rows[i].entry);
-        end = json_object_iter_end(rows[i].entry);
-        for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
-            const char *k = json_object_iter_peek_name(&it);
-            struct json_object *copy = NULL;
-            if (strcmp(k, "position") == 0)
-                continue;
-            if (json_object_deep_copy(json_object_iter_peek_value(&it), &copy, NULL) != 0) {
-                json_object_put(arr);
-                return;
-            }
-            json_object_object_add(o, k, copy);
-        }
+        if (state_result_entry(st, rows[i].entry, rows[i].position, &st->result[st->nresult]))
+            st->nresult++;
     }
-    json_object_put(st->official);
-    st->official = arr;
+    st->official = true;
     st->dirty |= D_STANDINGS;
 }
 
@@ -509,6 +656,7 @@ static void state_apply_end(struct state *st, const struct sr_event *ev)
     struct json_object *d = ev->data, *result;
     if (d && !json_object_is_type(d, json_type_object))
         return;
+    st->phase = PH_ENDED;
     if (!st->event) {
         st->event = json_object_new_object();
         char type[STATE_STR_MAX + 1];
@@ -542,9 +690,29 @@ static void state_apply_reset(struct state *st)
     for (size_t i = 0; i < st->nctrl; i++)
         state_delete_level(st, st->ctrl[i].level);
     st->nctrl = 0;
-    json_object_put(st->official);
-    st->official = NULL;
+    st->official = false;
+    st->nresult = 0;
     st->dirty |= D_STANDINGS;
+    st->phase = PH_NONE;
+}
+
+/* A status the table does not know leaves the phase (see the top of the file). */
+static void state_phase_from_status(struct state *st, const char *status)
+{
+    /* PH_NONE and PH_EVENT are the gateway's, not statuses SmartRace sends. */
+    for (size_t i = PH_PREPARE_FOR_START; i < STATE_NPHASES; i++) {
+        if (strcmp(state_phases[i].name, status) == 0) {
+            st->phase = (enum state_phase)i;
+            return;
+        }
+    }
+}
+
+static const char *state_flag(const struct state *st)
+{
+    if (st->phase == PH_RUNNING && strcmp(st->vsc, "deployed") == 0)
+        return "yellow";
+    return state_phases[st->phase].flag;
 }
 
 void state_apply(struct state *st, const struct sr_event *ev, uint64_t seq)
@@ -559,8 +727,10 @@ void state_apply(struct state *st, const struct sr_event *ev, uint64_t seq)
     case SR_KIND_STATUS: {
         struct json_object *v;
         if (json_object_object_get_ex(ev->data, "new", &v) &&
-            json_object_is_type(v, json_type_string) && json_object_get_string_len(v) > 0)
+            json_object_is_type(v, json_type_string) && json_object_get_string_len(v) > 0) {
             state_set_str(st, st->status, sizeof st->status, json_object_get_string(v), D_STATUS);
+            state_phase_from_status(st, json_object_get_string(v));
+        }
         break;
     }
     case SR_KIND_WEATHER_CHANGE:
@@ -599,6 +769,11 @@ void state_apply(struct state *st, const struct sr_event *ev, uint64_t seq)
     case SR_KIND_OTHER:
         break;
     }
+    const char *flag = state_flag(st);
+    if (strcmp(flag, st->flag) != 0) {
+        st->flag = flag;
+        st->dirty |= D_FLAG;
+    }
 }
 
 static int state_standing_cmp(const void *a, const void *b)
@@ -631,17 +806,11 @@ static void state_positions(struct state *st)
 {
     int pos[STATE_MAX_CONTROLLERS] = {0};
     if (st->official) {
-        size_t n = json_object_array_length(st->official);
-        for (size_t i = 0; i < n; i++) {
-            struct json_object *e = json_object_array_get_idx(st->official, i);
-            char id[STATE_ID_MAX];
-            int64_t p;
-            if (!state_result_id(e, id, sizeof id) || !state_member_int(e, "position", &p) ||
-                p <= 0 || p > INT32_MAX)
-                continue;
+        for (size_t i = 0; i < st->nresult; i++) {
+            const struct standing *r = &st->result[i];
             for (size_t j = 0; j < st->nctrl; j++) {
-                if (strcmp(st->ctrl[j].id, id) == 0 && pos[j] == 0)
-                    pos[j] = (int)p;
+                if (strcmp(st->ctrl[j].id, r->id) == 0 && pos[j] == 0)
+                    pos[j] = r->position;
             }
         }
     } else {
@@ -681,32 +850,85 @@ static struct json_object *state_ctrl_json(const struct ctrl *c)
     return o;
 }
 
-/* The standings payload; caller puts it. */
+static struct json_object *state_opt_bool_json(struct opt_bool b)
+{
+    return b.set ? json_object_new_boolean(b.v) : NULL;
+}
+
+/* One standings entry, the same members for computed and official ones; NULL
+ * on no memory, else the caller puts it. */
+static struct json_object *state_standing_json(const struct standing *s, bool official)
+{
+    struct json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "position", json_object_new_int(s->position));
+    json_object_object_add(o, "controller_id", json_object_new_string(s->id));
+    json_object_object_add(o, "laps", json_object_new_int64(s->laps));
+    json_object_object_add(o, "best_lap_ms", state_opt_json(s->best));
+    json_object_object_add(o, "last_lap_ms", state_opt_json(s->last));
+    json_object_object_add(o, "driver", state_str_json(s->driver));
+    json_object_object_add(o, "car", state_str_json(s->car));
+    json_object_object_add(o, "color_bg", state_str_json(s->color_bg));
+    json_object_object_add(o, "color_text", state_str_json(s->color_text));
+    json_object_object_add(o, "gap", s->has_gap ? json_object_new_string(s->gap) : NULL);
+    json_object_object_add(o, "pitstops", state_opt_json(s->pitstops));
+    json_object_object_add(o, "retired", state_opt_bool_json(s->retired));
+    json_object_object_add(o, "disqualified", state_opt_bool_json(s->disqualified));
+    json_object_object_add(o, "official", json_object_new_boolean(official));
+    return o;
+}
+
+/* The standings payload (or the official result in a snapshot); caller puts it. */
 static struct json_object *state_standings_json(struct state *st)
 {
-    if (st->official)
-        return json_object_get(st->official);
     struct ctrl *order[STATE_MAX_CONTROLLERS];
-    size_t n = state_standings(st, order);
+    size_t n = st->official ? st->nresult : state_standings(st, order);
     struct json_object *arr = json_object_new_array_ext((int)n);
     if (!arr)
         return NULL;
     for (size_t i = 0; i < n; i++) {
-        const struct ctrl *c = order[i];
-        struct json_object *o = json_object_new_object();
+        struct standing computed;
+        const struct standing *s = &computed;
+        if (st->official) {
+            s = &st->result[i];
+        } else {
+            memset(&computed, 0, sizeof computed);
+            computed.position = (int)i + 1;
+            memcpy(computed.id, order[i]->id, sizeof computed.id);
+            computed.laps = order[i]->laps.v;
+            computed.best = order[i]->best;
+            state_standing_names(&computed, order[i]);
+        }
+        struct json_object *o = state_standing_json(s, st->official);
         if (!o || json_object_array_add(arr, o) != 0) {
             json_object_put(o);
             json_object_put(arr);
             return NULL;
         }
-        json_object_object_add(o, "position", json_object_new_int((int)i + 1));
-        json_object_object_add(o, "controller_id", json_object_new_string(c->id));
-        json_object_object_add(o, "laps", json_object_new_int64(c->laps.v));
-        json_object_object_add(o, "best_lap_ms", state_opt_json(c->best));
-        json_object_object_add(o, "last_lap_ms", state_opt_json(c->last));
-        json_object_object_add(o, "driver", state_str_json(c->driver));
     }
     return arr;
+}
+
+/* The event payload: always these members, null when unknown. A snapshot's
+ * event is only known to be an object, so each member is checked here. */
+static struct json_object *state_event_json(struct json_object *event)
+{
+    static const char *const ints[] = {"laps", "duration", "start_time", "end_time"};
+    struct json_object *o = json_object_new_object(), *v;
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "type",
+                           json_object_object_get_ex(event, "type", &v) &&
+                                   json_object_is_type(v, json_type_string)
+                               ? json_object_get(v)
+                               : NULL);
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        bool ok =
+            json_object_object_get_ex(event, ints[i], &v) && json_object_is_type(v, json_type_int);
+        json_object_object_add(o, ints[i], ok ? json_object_get(v) : NULL);
+    }
+    return o;
 }
 
 static const char *state_topic(struct state *st, const char *suffix, const char *level)
@@ -743,8 +965,14 @@ void state_emit(struct state *st, bool all, state_emit_fn fn, void *ctx)
         state_emit_str(st, "weather", st->weather, fn, ctx);
     if ((mark & D_VSC) && st->vsc[0])
         state_emit_str(st, "vsc", st->vsc, fn, ctx);
-    if ((mark & D_EVENT) && st->event)
-        state_emit_json(st, "event", NULL, st->event, fn, ctx);
+    if (mark & D_FLAG)
+        state_emit_str(st, "flag", st->flag, fn, ctx);
+    if ((mark & D_EVENT) && st->event) {
+        struct json_object *o = state_event_json(st->event);
+        if (o)
+            state_emit_json(st, "event", NULL, o, fn, ctx);
+        json_object_put(o);
+    }
     if ((mark & D_TRACK) && st->track)
         state_emit_json(st, "track", NULL, st->track, fn, ctx);
     for (size_t i = 0; i < st->ndeleted; i++)
@@ -812,7 +1040,25 @@ char *state_save(const struct state *st)
     /* Shared, not copied: root is put below, before anyone else sees them. */
     json_object_object_add(root, "event", json_object_get(st->event));
     json_object_object_add(root, "track", json_object_get(st->track));
-    json_object_object_add(root, "official", json_object_get(st->official));
+    json_object_object_add(root, "phase", json_object_new_string(state_phases[st->phase].name));
+    if (st->official) {
+        struct json_object *arr = json_object_new_array_ext((int)st->nresult);
+        if (!arr || json_object_object_add(root, "official", arr) != 0) {
+            json_object_put(arr);
+            json_object_put(ctrls);
+            json_object_put(deleted);
+            goto done;
+        }
+        for (size_t i = 0; i < st->nresult; i++) {
+            struct json_object *o = state_standing_json(&st->result[i], true);
+            if (!o || json_object_array_add(arr, o) != 0) {
+                json_object_put(o);
+                json_object_put(ctrls);
+                json_object_put(deleted);
+                goto done;
+            }
+        }
+    }
     json_object_object_add(root, "controllers", ctrls);
     json_object_object_add(root, "deleted", deleted);
     for (size_t i = 0; i < st->nctrl; i++) {
@@ -952,14 +1198,121 @@ static bool state_load_obj(struct json_object *root, const char *key, enum json_
     return true;
 }
 
+static bool state_load_bool(struct json_object *o, const char *key, struct opt_bool *out)
+{
+    struct json_object *v = NULL;
+    json_object_object_get_ex(o, key, &v);
+    out->set = false;
+    if (!v)
+        return true;
+    if (!json_object_is_type(v, json_type_boolean))
+        return false;
+    out->set = true;
+    out->v = json_object_get_boolean(v);
+    return true;
+}
+
+/* A version 2 official entry, as state_standing_json() wrote it. */
+static bool state_load_standing(struct json_object *o, struct standing *s)
+{
+    struct json_object *v;
+    struct opt_int n;
+    memset(s, 0, sizeof *s);
+    if (!json_object_is_type(o, json_type_object) || !state_load_opt(o, "position", &n) || !n.set ||
+        n.v <= 0 || n.v > INT32_MAX)
+        return false;
+    s->position = (int)n.v;
+    if (!state_load_str(o, "controller_id", s->id, sizeof s->id) || !s->id[0])
+        return false;
+    if (!state_load_opt(o, "laps", &n) || !n.set || n.v < 0)
+        return false;
+    s->laps = n.v;
+    if (!state_load_opt(o, "best_lap_ms", &s->best) ||
+        !state_load_opt(o, "last_lap_ms", &s->last) ||
+        !state_load_opt(o, "pitstops", &s->pitstops) ||
+        !state_load_bool(o, "retired", &s->retired) ||
+        !state_load_bool(o, "disqualified", &s->disqualified) ||
+        !state_load_str(o, "driver", s->driver, sizeof s->driver) ||
+        !state_load_str(o, "car", s->car, sizeof s->car) ||
+        !state_load_str(o, "color_bg", s->color_bg, sizeof s->color_bg) ||
+        !state_load_str(o, "color_text", s->color_text, sizeof s->color_text) ||
+        !state_load_str(o, "gap", s->gap, sizeof s->gap))
+        return false;
+    s->has_gap = json_object_object_get_ex(o, "gap", &v) && v;
+    return true;
+}
+
+/*
+ * The official result; needs the controllers loaded. Version 1 kept the
+ * entries as SmartRace sent them (plus "position"): they are converted as
+ * event.end would, unusable ones dropped as event.end drops them.
+ */
+static bool state_load_official(struct state *st, struct json_object *root, int64_t version)
+{
+    struct json_object *arr = NULL;
+    json_object_object_get_ex(root, "official", &arr);
+    if (!arr)
+        return true;
+    if (!json_object_is_type(arr, json_type_array))
+        return false;
+    size_t n = json_object_array_length(arr);
+    if (version >= 2 && n > STATE_MAX_CONTROLLERS)
+        return false;
+    for (size_t i = 0; i < n && st->nresult < STATE_MAX_CONTROLLERS; i++) {
+        struct json_object *e = json_object_array_get_idx(arr, i);
+        struct standing *s = &st->result[st->nresult];
+        int64_t pos;
+        if (version >= 2) {
+            if (!state_load_standing(e, s))
+                return false;
+            st->nresult++;
+        } else if (json_object_is_type(e, json_type_object) &&
+                   state_member_int(e, "position", &pos) && state_result_entry(st, e, pos, s)) {
+            st->nresult++;
+        }
+    }
+    st->official = true;
+    return true;
+}
+
+/* The phase of a snapshot without one (version 1), from what it has. */
+static enum state_phase state_phase_guess(struct state *st)
+{
+    if (st->official || json_object_object_get_ex(st->event, "end_time", NULL))
+        return PH_ENDED;
+    st->phase = st->event ? PH_EVENT : PH_NONE;
+    state_phase_from_status(st, st->status);
+    return st->phase;
+}
+
+static bool state_load_phase(struct state *st, struct json_object *root)
+{
+    struct json_object *v;
+    if (!json_object_object_get_ex(root, "phase", &v) || !v) {
+        st->phase = state_phase_guess(st);
+        return true;
+    }
+    if (!json_object_is_type(v, json_type_string))
+        return false;
+    for (size_t i = 0; i < STATE_NPHASES; i++) {
+        if (strcmp(state_phases[i].name, json_object_get_string(v)) == 0) {
+            st->phase = (enum state_phase)i;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Fills the empty st from a parsed snapshot; false if anything is off. */
 static bool state_load_root(struct state *st, struct json_object *root)
 {
     struct json_object *v;
     if (!json_object_is_type(root, json_type_object))
         return false;
-    if (!json_object_object_get_ex(root, "version", &v) || !json_object_is_type(v, json_type_int) ||
-        json_object_get_int64(v) != STATE_SNAPSHOT_VERSION)
+    if (!json_object_object_get_ex(root, "version", &v) || !json_object_is_type(v, json_type_int))
+        return false;
+    int64_t version = json_object_get_int64(v);
+    if (version < 1 || version > STATE_SNAPSHOT_VERSION)
         return false;
     if (!json_object_object_get_ex(root, "seq", &v) || !state_load_u64(v, &st->seq))
         return false;
@@ -968,8 +1321,7 @@ static bool state_load_root(struct state *st, struct json_object *root)
         !state_load_str(root, "vsc", st->vsc, sizeof st->vsc))
         return false;
     if (!state_load_obj(root, "event", json_type_object, &st->event) ||
-        !state_load_obj(root, "track", json_type_object, &st->track) ||
-        !state_load_obj(root, "official", json_type_array, &st->official))
+        !state_load_obj(root, "track", json_type_object, &st->track))
         return false;
     if (json_object_object_get_ex(root, "controllers", &v)) {
         if (!json_object_is_type(v, json_type_array))
@@ -992,6 +1344,9 @@ static bool state_load_root(struct state *st, struct json_object *root)
             state_delete_level(st, json_object_get_string(s));
         }
     }
+    if (!state_load_official(st, root, version) || !state_load_phase(st, root))
+        return false;
+    st->flag = state_flag(st);
     st->dirty = D_ALL;
     return true;
 }

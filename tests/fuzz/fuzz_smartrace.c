@@ -47,6 +47,15 @@ static void check_emit(void *ctx, const char *topic, const char *payload, size_t
         return;
     }
     FUZZ_ASSERT(!memchr(payload, '\0', len), "NUL inside a state payload");
+    if (strcmp(suffix, "flag") == 0) {
+        static const char *const flags[] = {"none", "start",     "green",    "yellow",
+                                            "red",  "checkered", "jumpstart"};
+        bool known = false;
+        for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+            known = known || (strlen(flags[i]) == len && memcmp(flags[i], payload, len) == 0);
+        FUZZ_ASSERT(known, "flag outside the documented values");
+        return;
+    }
     if (strcmp(suffix, "status") && strcmp(suffix, "weather") && strcmp(suffix, "vsc"))
         json_object_put(fuzz_json("state payload is not JSON", payload, len));
 }

@@ -3,9 +3,10 @@
 Retained state topics (SPEC section 2 "Retained state topics", section 7.3): a
 subscriber that connects late sees the race as it is now, with the retain flag;
 standings are ordered by laps, then by who completed the lap first, and replaced
-by the official result on event.end; ui.reset clears controllers and standings;
-after a broker restart without persistence (retained messages lost) the gateway
-publishes all of its retained topics again, race2mqtt/bridge/state included.
+by the official result on event.end; ui.reset clears controllers and standings
+and sets the flag to none; after a broker restart without persistence (retained
+messages lost) the gateway publishes all of its retained topics again,
+race2mqtt/bridge/state included.
 """
 import time
 
@@ -36,16 +37,15 @@ TRACK = {"length": "", "id": 7, "pitstop_delta": "25000", "name": "Demo Circuit"
 
 
 def standings_ids(msg):
-    """Controller ids (as strings) of a standings payload, best first."""
+    """Controller ids of a standings payload, best first; computed and official
+    entries both carry them as strings (test_state_contract.py checks the rest)."""
     arr = msg.json()
     assert isinstance(arr, list), "standings is not a JSON array: %r" % msg.payload[:200]
     out = []
     for e in arr:
-        if isinstance(e, dict):
-            cid = e.get("controller_id", e.get("controller", e.get("id")))
-        else:
-            cid = e
-        out.append(str(cid))
+        assert isinstance(e, dict) and isinstance(e.get("controller_id"), str), \
+            "standings entry without a string controller_id: %r" % (e,)
+        out.append(e["controller_id"])
     return out
 
 
@@ -186,7 +186,7 @@ class StateTests(StateCase):
             standings_ids(snap[S + "standings"]), ["5", "1", "2", "4"],
             snap[S + "standings"].payload))
 
-        # ui.reset clears controllers and standings, nothing else.
+        # ui.reset clears controllers and standings and puts the flag out, nothing else.
         self.post_all(gw, [ev("ui.reset", None, t + 5)])
 
         def cleared(snap):
@@ -195,6 +195,7 @@ class StateTests(StateCase):
             if S + "standings" in snap:
                 self.assertEqual(snap[S + "standings"].json(), [], "standings survive ui.reset")
             self.assertEqual(text(snap.get(S + "status")), "suspended")
+            self.assertEqual(text(snap.get(S + "flag")), "none")
             self.assertEqual(text(snap.get(S + "weather")), "dry")
             self.assertEqual(text(snap.get(S + "vsc")), "retracted")
             self.assertIn(S + "track", snap)
@@ -239,6 +240,7 @@ class StateTests(StateCase):
             self.assertEqual(self.controller(snap, "1").get("laps"), 2)
             self.assertEqual(self.controller(snap, "2").get("best_lap_ms"), 4000)
             self.assertEqual(standings_ids(snap[S + "standings"]), ["1", "2"])
+            self.assertEqual(text(snap.get(S + "flag")), "yellow")
             self.assertEqual(text(snap.get("race2mqtt/bridge/state")), "online")
             self.assert_retained_flags(snap)
 
@@ -315,6 +317,7 @@ class StateTests(StateCase):
             self.assertEqual(self.controller(snap, "7").get("laps"), 2)
             self.assertEqual(self.controller(snap, "3").get("last_lap_ms"), 5000)
             self.assertEqual(standings_ids(snap[S + "standings"]), ["7", "3"])
+            self.assertEqual(text(snap.get(S + "flag")), "green")
             self.assert_retained_flags(snap)
         self.wait_retained(broker.port, complete)
         self.assertEqual(gw.stop(), 0)

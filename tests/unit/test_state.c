@@ -193,7 +193,8 @@ static void test_status(void **state)
     assert_true(state_dirty(st));
     emit(st, false, c);
     assert_string_equal(payload_of(c, "status"), "running");
-    assert_int_equal(c->n, 1);
+    assert_string_equal(payload_of(c, "flag"), "green");
+    assert_int_equal(c->n, 2);
     assert_false(state_dirty(st));
 
     apply(st, 2, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"suspended\"}}");
@@ -254,7 +255,8 @@ static void test_event(void **state)
     assert_string_equal(str_member(e, "type"), "race");
     assert_int_equal(int_member(e, "laps"), 50);
     assert_int_equal(int_member(e, "start_time"), 1000);
-    assert_false(json_object_object_get_ex(e, "duration", NULL));
+    assert_null(test_member(e, "duration")); /* always there, null when unknown */
+    assert_null(test_member(e, "end_time"));
     json_object_put(e);
 
     apply(st, 2,
@@ -265,7 +267,7 @@ static void test_event(void **state)
     assert_string_equal(str_member(e, "type"), "qualifying");
     assert_int_equal(int_member(e, "duration"), 600);
     assert_int_equal(int_member(e, "start_time"), 2000);
-    assert_false(json_object_object_get_ex(e, "laps", NULL));
+    assert_null(test_member(e, "laps"));
     json_object_put(e);
 
     apply(st, 3,
@@ -282,7 +284,8 @@ static void test_event(void **state)
     emit(st, false, c);
     e = json_of(c, "event");
     assert_int_equal(int_member(e, "start_time"), 10000);
-    assert_false(json_object_object_get_ex(e, "end_time", NULL));
+    assert_null(test_member(e, "type"));
+    assert_null(test_member(e, "end_time"));
     json_object_put(e);
 }
 
@@ -490,6 +493,74 @@ static void test_standings_order(void **state)
     check_order(c, (const char *const[]){"C", "A", "B"}, 3);
 }
 
+/* The documented entry of smartrace/state/standings (README "What it
+ * publishes"); keep the two in sync. */
+enum { T_NULL = 1, T_INT = 2, T_STR = 4, T_BOOL = 8 };
+
+static const struct {
+    const char *key;
+    unsigned types;
+} standing_schema[] = {
+    {"position", T_INT},
+    {"controller_id", T_STR},
+    {"laps", T_INT},
+    {"best_lap_ms", T_INT | T_NULL},
+    {"last_lap_ms", T_INT | T_NULL},
+    {"driver", T_STR | T_NULL},
+    {"car", T_STR | T_NULL},
+    {"color_bg", T_STR | T_NULL},
+    {"color_text", T_STR | T_NULL},
+    {"gap", T_STR | T_NULL},
+    {"pitstops", T_INT | T_NULL},
+    {"retired", T_BOOL | T_NULL},
+    {"disqualified", T_BOOL | T_NULL},
+    {"official", T_BOOL},
+};
+
+#define NSCHEMA (sizeof standing_schema / sizeof standing_schema[0])
+
+static unsigned type_bit(struct json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_null:
+        return T_NULL;
+    case json_type_int:
+        return T_INT;
+    case json_type_string:
+        return T_STR;
+    case json_type_boolean:
+        return T_BOOL;
+    default:
+        return 0;
+    }
+}
+
+/* Every member documented, of a documented type, and nothing else. */
+static void check_standing_schema(struct json_object *e)
+{
+    if (!json_object_is_type(e, json_type_object))
+        fail_msg("standings entry is not an object: %s", json_object_to_json_string(e));
+    if ((size_t)json_object_object_length(e) != NSCHEMA)
+        fail_msg("standings entry has %d members: %s", json_object_object_length(e),
+                 json_object_to_json_string(e));
+    for (size_t i = 0; i < NSCHEMA; i++) {
+        struct json_object *v = test_member(e, standing_schema[i].key);
+        if (!(type_bit(v) & standing_schema[i].types))
+            fail_msg("%s has type %s in %s", standing_schema[i].key,
+                     json_type_to_name(json_object_get_type(v)), json_object_to_json_string(e));
+    }
+}
+
+static void check_standings_schema(struct json_object *arr, bool official)
+{
+    assert_true(json_object_is_type(arr, json_type_array));
+    for (size_t i = 0; i < json_object_array_length(arr); i++) {
+        struct json_object *e = json_object_array_get_idx(arr, i);
+        check_standing_schema(e);
+        assert_int_equal(json_object_get_boolean(test_member(e, "official")), official);
+    }
+}
+
 static void test_official_result(void **state)
 {
     struct state *st = ST;
@@ -506,24 +577,39 @@ static void test_official_result(void **state)
           "\"2\":{\"controller_id\":3,\"laps\":2,\"best_laptime\":4900,\"gap\":\"+1\"},"
           "\"10\":{\"controller_id\":\"9\",\"laps\":0},"
           "\"1\":{\"controller_id\":1,\"laps\":\"3\",\"best_laptime\":4915,\"gap\":\"\","
-          "\"x\":{\"y\":[1]}},"
-          "\"bogus\":{\"controller_id\":7},\"3\":\"not an object\"}}}");
+          "\"driver_id\":2,\"car_id\":39,\"x\":{\"y\":[1]}},"
+          "\"bogus\":{\"controller_id\":7},\"3\":\"not an object\","
+          "\"4\":{\"laps\":1},\"5\":{\"controller_id\":[1]}}}}");
     emit(st, false, c);
     struct json_object *arr = json_of(c, "standings");
+    check_standings_schema(arr, true);
     assert_int_equal(json_object_array_length(arr), 3);
     struct json_object *e0 = json_object_array_get_idx(arr, 0);
     assert_int_equal(int_member(e0, "position"), 1);
-    assert_int_equal(int_member(e0, "controller_id"), 1);
-    assert_string_equal(str_member(e0, "laps"), "3"); /* fields kept as sent */
-    assert_int_equal(int_member(e0, "best_laptime"), 4915);
-    struct json_object *want = json_tokener_parse("{\"y\":[1]}");
-    assert_true(json_object_equal(test_member(e0, "x"), want));
-    json_object_put(want);
+    assert_string_equal(str_member(e0, "controller_id"), "1"); /* sent as 1 */
+    assert_int_equal(int_member(e0, "laps"), 3);               /* sent as "3" */
+    assert_int_equal(int_member(e0, "best_lap_ms"), 4915);     /* best_laptime */
+    assert_int_equal(int_member(e0, "last_lap_ms"), 5000);     /* from the record */
+    assert_string_equal(str_member(e0, "driver"), "drv1");     /* resolved by id */
+    assert_string_equal(str_member(e0, "gap"), "");            /* the leader's, as sent */
+    assert_null(test_member(e0, "pitstops"));                  /* not sent */
+    /* unknown members stay on smartrace/event/end */
+    assert_false(json_object_object_get_ex(e0, "x", NULL));
+    assert_false(json_object_object_get_ex(e0, "driver_id", NULL));
+    assert_false(json_object_object_get_ex(e0, "best_laptime", NULL));
     struct json_object *e1 = json_object_array_get_idx(arr, 1);
     assert_int_equal(int_member(e1, "position"), 2);
-    assert_int_equal(int_member(e1, "controller_id"), 3);
+    assert_string_equal(str_member(e1, "controller_id"), "3");
     assert_string_equal(str_member(e1, "gap"), "+1");
-    assert_int_equal(int_member(json_object_array_get_idx(arr, 2), "position"), 10);
+    assert_int_equal(int_member(e1, "best_lap_ms"), 4900);
+    /* a controller the state never saw: what the result says, null for the rest */
+    struct json_object *e2 = json_object_array_get_idx(arr, 2);
+    assert_int_equal(int_member(e2, "position"), 10);
+    assert_string_equal(str_member(e2, "controller_id"), "9");
+    assert_int_equal(int_member(e2, "laps"), 0);
+    assert_null(test_member(e2, "driver"));
+    assert_null(test_member(e2, "last_lap_ms"));
+    assert_null(test_member(e2, "best_lap_ms"));
     json_object_put(arr);
     /* positions follow the official result */
     struct json_object *o = json_of(c, "controller/1");
@@ -539,7 +625,7 @@ static void test_official_result(void **state)
     assert_null(find(c, "standings"));
     emit(st, true, c);
     arr = json_of(c, "standings");
-    assert_int_equal(int_member(json_object_array_get_idx(arr, 0), "controller_id"), 1);
+    assert_string_equal(str_member(json_object_array_get_idx(arr, 0), "controller_id"), "1");
     json_object_put(arr);
 
     /* the next event.start goes back to computed standings, laps cleared */
@@ -553,6 +639,267 @@ static void test_official_result(void **state)
     assert_null(test_member(o, "position"));
     assert_string_equal(str_member(o, "driver"), "drv3"); /* identity kept */
     json_object_put(o);
+}
+
+static void apply_file(struct state *st, uint64_t seq, const char *name)
+{
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof path, "%s/smartrace/%s", R2M_FIXTURES, name);
+    char *body = test_slurp(path, &len);
+    if (!body)
+        fail_msg("cannot read %s", path);
+    apply(st, seq, body);
+    free(body);
+}
+
+/* Computed and official entries: the same members, and where both have a
+ * value, the same JSON type. */
+static void test_standings_same_shape(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    apply_file(st, 1, "ui.lap_update_full.json"); /* controller "3", with names */
+    lap(st, 2, 1718035300000, "5", 12, 9800);
+    lap(st, 3, 1718035300001, "6", 11, 9900);
+    apply(st, 4, "{\"event_type\":\"event.pit.enter\",\"event_data\":{\"controller_id\":\"5\"}}");
+    emit(st, false, c);
+    struct json_object *computed = json_of(c, "standings");
+    check_standings_schema(computed, false);
+    assert_int_equal(json_object_array_length(computed), 3);
+
+    apply_file(st, 5, "event.end_result.json");
+    emit(st, false, c);
+    struct json_object *official = json_of(c, "standings");
+    check_standings_schema(official, true);
+    assert_int_equal(json_object_array_length(official), 3);
+
+    for (size_t i = 0; i < 3; i++) {
+        struct json_object *a = json_object_array_get_idx(computed, i);
+        for (size_t j = 0; j < 3; j++) {
+            struct json_object *b = json_object_array_get_idx(official, j);
+            for (size_t k = 0; k < NSCHEMA; k++) {
+                struct json_object *va = test_member(a, standing_schema[k].key);
+                struct json_object *vb = test_member(b, standing_schema[k].key);
+                if (va && vb && json_object_get_type(va) != json_object_get_type(vb))
+                    fail_msg("%s: %s vs %s", standing_schema[k].key, json_object_to_json_string(a),
+                             json_object_to_json_string(b));
+            }
+        }
+    }
+    /* the computed one leaves the result-only members null */
+    struct json_object *a0 = json_object_array_get_idx(computed, 0);
+    assert_null(test_member(a0, "gap"));
+    assert_null(test_member(a0, "pitstops"));
+    assert_null(test_member(a0, "retired"));
+    assert_null(test_member(a0, "disqualified"));
+
+    /* names come from the lap events before the end */
+    struct json_object *first = json_object_array_get_idx(official, 0);
+    assert_string_equal(str_member(first, "controller_id"), "3");
+    assert_string_equal(str_member(first, "driver"), "J\xc3\xbcrgen \"JJ\" Jansen");
+    assert_string_equal(str_member(first, "car"), "Ferrari 499P (#51)");
+    assert_string_equal(str_member(first, "color_bg"), "rgb(0, 90, 255)");
+    assert_string_equal(str_member(first, "color_text"), "#ffffff");
+    assert_int_equal(int_member(first, "last_lap_ms"), 9876);
+    assert_int_equal(int_member(first, "laps"), 41);
+    assert_int_equal(int_member(first, "best_lap_ms"), 9650);
+    assert_int_equal(int_member(first, "pitstops"), 1);
+    assert_false(json_object_get_boolean(test_member(first, "retired")));
+    struct json_object *third = json_object_array_get_idx(official, 2);
+    assert_string_equal(str_member(third, "controller_id"), "6"); /* sent as "6" */
+    assert_string_equal(str_member(third, "driver"), "drv6");
+    assert_int_equal(int_member(third, "laps"), 38);          /* "38" */
+    assert_int_equal(int_member(third, "best_lap_ms"), 9999); /* "9999" */
+    assert_true(json_object_get_boolean(test_member(third, "retired")));
+    assert_string_equal(str_member(third, "gap"), "+3 Lap(s)");
+    json_object_put(computed);
+    json_object_put(official);
+}
+
+static void test_official_id_int_or_string(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    /* the lap sends 4 as an integer, the result "4"; 5 the other way round */
+    apply(st, 1,
+          "{\"event_type\":\"ui.lap_update\",\"event_data\":{\"controller_id\":4,\"lap\":7,"
+          "\"laptime_raw\":4321,\"driver_data\":{\"name\":\"Four\"},\"car_data\":{\"name\":"
+          "\"Car4\"}}}");
+    lap(st, 2, 1000, "5", 6, 5432);
+    /* members missing from the result fall back to the controller record; an
+     * unusable best_laptime (0, "x") too */
+    apply(st, 3,
+          "{\"event_type\":\"event.end\",\"event_data\":{\"result\":{"
+          "\"1\":{\"controller_id\":\"4\",\"best_laptime\":0,\"retired\":1},"
+          "\"2\":{\"controller_id\":5,\"best_laptime\":\"x\",\"disqualified\":true,"
+          "\"pitstops\":\"2\",\"gap\":7}}}}");
+    emit(st, false, c);
+    struct json_object *arr = json_of(c, "standings");
+    check_standings_schema(arr, true);
+    struct json_object *e = json_object_array_get_idx(arr, 0);
+    assert_string_equal(str_member(e, "controller_id"), "4");
+    assert_string_equal(str_member(e, "driver"), "Four");
+    assert_string_equal(str_member(e, "car"), "Car4");
+    assert_int_equal(int_member(e, "laps"), 7);
+    assert_int_equal(int_member(e, "best_lap_ms"), 4321);
+    assert_true(json_object_get_boolean(test_member(e, "retired")));
+    assert_null(test_member(e, "disqualified"));
+    e = json_object_array_get_idx(arr, 1);
+    assert_string_equal(str_member(e, "controller_id"), "5");
+    assert_string_equal(str_member(e, "driver"), "drv5");
+    assert_int_equal(int_member(e, "laps"), 6);
+    assert_int_equal(int_member(e, "best_lap_ms"), 5432);
+    assert_int_equal(int_member(e, "pitstops"), 2);
+    assert_true(json_object_get_boolean(test_member(e, "disqualified")));
+    assert_null(test_member(e, "gap")); /* not a string */
+    json_object_put(arr);
+    struct json_object *o = json_of(c, "controller/4");
+    assert_int_equal(int_member(o, "position"), 1);
+    json_object_put(o);
+}
+
+static void test_official_bounded(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    size_t cap = 64 * 1024;
+    char *body = malloc(cap);
+    char *p = body + sprintf(body, "{\"event_type\":\"event.end\",\"event_data\":{\"result\":{");
+    for (int i = 0; i < STATE_MAX_CONTROLLERS + 20; i++)
+        p += sprintf(p, "%s\"%d\":{\"controller_id\":%d,\"laps\":1}", i ? "," : "", i + 1, i);
+    strcpy(p, "}}}");
+    apply(st, 1, body);
+    free(body);
+    emit(st, false, c);
+    struct json_object *arr = json_of(c, "standings");
+    assert_int_equal(json_object_array_length(arr), STATE_MAX_CONTROLLERS);
+    json_object_put(arr);
+}
+
+/* ---- flag ------------------------------------------------------------------------ */
+
+static void status(struct state *st, uint64_t seq, const char *s)
+{
+    applyf(st, seq, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"%s\"}}", s);
+}
+
+static void test_flag_for_every_status(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *status, *flag, *flag_vsc;
+    } table[] = {
+        {"prepare_for_start", "start", "start"},
+        {"starting", "start", "start"},
+        {"jumpstart", "jumpstart", "jumpstart"},
+        {"running", "green", "yellow"},
+        {"suspended", "red", "red"},
+        {"restarting", "start", "start"},
+        {"ended", "checkered", "checkered"},
+    };
+    struct capture *c = calloc(1, sizeof *c);
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        for (int vsc = 0; vsc < 2; vsc++) {
+            struct state *st = state_new(BASE);
+            apply(st, 1, "{\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\"}}");
+            apply(st, 2,
+                  vsc ? "{\"event_type\":\"race.vsc_deployed\"}"
+                      : "{\"event_type\":\"race.vsc_retracted\"}");
+            status(st, 3, table[i].status);
+            emit(st, true, c);
+            const char *want = vsc ? table[i].flag_vsc : table[i].flag;
+            if (strcmp(payload_of(c, "flag"), want) != 0)
+                fail_msg("%s, vsc %d: %s, want %s", table[i].status, vsc, payload_of(c, "flag"),
+                         want);
+            state_free(st);
+        }
+    }
+    capture_clear(c);
+    free(c);
+}
+
+/* The flag after the last emission, which must have sent it (want != NULL)
+ * or not (want == NULL). */
+static void expect_flag(struct state *st, struct capture *c, const char *want)
+{
+    emit(st, false, c);
+    const struct emitted *e = find(c, "flag");
+    if (!want) {
+        if (e)
+            fail_msg("flag re-sent unchanged: %s", e->payload);
+        return;
+    }
+    if (!e)
+        fail_msg("flag not sent, want %s", want);
+    assert_string_equal(e->payload, want);
+}
+
+static void test_flag_emitted_on_change(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    uint64_t seq = 1;
+    expect_flag(st, c, NULL); /* "none" is only sent in a full emission */
+    emit(st, true, c);
+    assert_string_equal(payload_of(c, "flag"), "none");
+
+    apply(st, seq++, "{\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\"}}");
+    expect_flag(st, c, "start"); /* an event, no status yet */
+    status(st, seq++, "prepare_for_start");
+    expect_flag(st, c, NULL);
+    assert_string_equal(payload_of(c, "status"), "prepare_for_start");
+    status(st, seq++, "starting");
+    expect_flag(st, c, NULL);
+    status(st, seq++, "running");
+    expect_flag(st, c, "green");
+    lap(st, seq++, 1000, "1", 1, 5000);
+    expect_flag(st, c, NULL);
+    apply(st, seq++, "{\"event_type\":\"race.vsc_deployed\"}");
+    expect_flag(st, c, "yellow");
+    /* a status SmartRace may add one day: the light stays */
+    status(st, seq++, "safety_car_in");
+    expect_flag(st, c, NULL);
+    assert_string_equal(payload_of(c, "status"), "safety_car_in");
+    apply(st, seq++, "{\"event_type\":\"race.vsc_retracted\"}");
+    expect_flag(st, c, "green");
+    status(st, seq++, "suspended");
+    expect_flag(st, c, "red");
+    apply(st, seq++, "{\"event_type\":\"race.vsc_deployed\"}");
+    expect_flag(st, c, NULL); /* red wins */
+    assert_string_equal(payload_of(c, "vsc"), "deployed");
+    status(st, seq++, "restarting");
+    expect_flag(st, c, "start");
+    status(st, seq++, "running");
+    expect_flag(st, c, "yellow"); /* the VSC is still out */
+    apply(st, seq++, "{\"event_type\":\"race.vsc_retracted\"}");
+    expect_flag(st, c, "green");
+    status(st, seq++, "jumpstart");
+    expect_flag(st, c, "jumpstart");
+    status(st, seq++, "running");
+    expect_flag(st, c, "green");
+    /* event.end without a status change, then the status: checkered once */
+    apply(st, seq++, "{\"event_type\":\"event.end\",\"event_data\":{\"type\":\"race\"}}");
+    expect_flag(st, c, "checkered");
+    status(st, seq++, "ended");
+    expect_flag(st, c, NULL);
+    /* malformed events leave it */
+    apply(st, seq++, "{\"event_type\":\"event.start\",\"event_data\":\"race\"}");
+    apply(st, seq++, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":5}}");
+    expect_flag(st, c, NULL);
+    apply(st, seq++, "{\"event_type\":\"ui.reset\"}");
+    expect_flag(st, c, "none");
+    /* a status without event.start (the gateway started mid-race) counts */
+    status(st, seq++, "running");
+    expect_flag(st, c, "green");
+    apply(st, seq++, "{\"event_type\":\"ui.reset\"}");
+    expect_flag(st, c, "none");
+    apply(st, seq++, "{\"event_type\":\"event.end\"}");
+    expect_flag(st, c, "checkered");
+    apply(st, seq++, "{\"event_type\":\"event.start\"}");
+    expect_flag(st, c, "start");
+    emit(st, true, c);
+    assert_string_equal(payload_of(c, "flag"), "start");
 }
 
 /* ---- reset / remove -------------------------------------------------------------- */
@@ -640,10 +987,11 @@ static void test_emit_dirty_vs_all(void **state)
     assert_false(state_dirty(st));
     emit(st, false, c);
     assert_int_equal(c->n, 0);
-    /* a fresh state still republishes empty standings after a reconnect */
+    /* a fresh state still republishes empty standings and the flag after a reconnect */
     emit(st, true, c);
-    assert_int_equal(c->n, 1);
+    assert_int_equal(c->n, 2);
     assert_string_equal(payload_of(c, "standings"), "[]");
+    assert_string_equal(payload_of(c, "flag"), "none");
 
     apply(st, 1, "{\"event_type\":\"race.vsc_deployed\"}");
     apply(st, 2, "{\"event_type\":\"events.weather_change\",\"event_data\":\"dry\"}");
@@ -665,8 +1013,9 @@ static void test_emit_dirty_vs_all(void **state)
     assert_int_equal(c->n, 0);
 
     emit(st, true, c);
-    assert_int_equal(c->n, 6);
+    assert_int_equal(c->n, 7);
     assert_string_equal(payload_of(c, "vsc"), "deployed");
+    assert_string_equal(payload_of(c, "flag"), "none"); /* VSC without an event */
     assert_string_equal(payload_of(c, "weather"), "dry");
     assert_non_null(find(c, "track"));
     assert_non_null(find(c, "controller/1"));
@@ -927,21 +1276,138 @@ static void test_snapshot_round_trip(void **state)
 static void test_snapshot_official_round_trip(void **state)
 {
     struct state *st = ST;
-    lap(st, 1, 1000, "1", 1, 9000);
-    apply(st, 2,
-          "{\"event_type\":\"event.end\",\"event_data\":{\"result\":{\"1\":{"
-          "\"controller_id\":1,\"laps\":1}}}}");
+    struct capture *c = CAP;
+    apply_file(st, 1, "ui.lap_update_full.json");
+    apply_file(st, 2, "event.end_result.json");
+    /* the named controller goes away: the result keeps its names */
+    apply(st, 3, "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":\"3\"}");
+    emit(st, false, c);
     char *snap = state_save(st);
     struct state *copy = state_new(BASE);
     assert_int_equal(state_load(copy, snap, strlen(snap)), 0);
     assert_same_emission(st, copy);
+    emit(copy, true, c);
+    assert_string_equal(payload_of(c, "flag"), "checkered");
+    struct json_object *arr = json_of(c, "standings");
+    check_standings_schema(arr, true);
+    assert_int_equal(json_object_array_length(arr), 3);
+    struct json_object *e = json_object_array_get_idx(arr, 0);
+    assert_string_equal(str_member(e, "driver"), "J\xc3\xbcrgen \"JJ\" Jansen");
+    assert_string_equal(str_member(e, "gap"), "");
+    assert_int_equal(int_member(e, "pitstops"), 1);
+    assert_false(json_object_get_boolean(test_member(e, "disqualified")));
+    json_object_put(arr);
     /* still official: a later lap does not change the standings */
-    lap(copy, 3, 5000, "1", 2, 9000);
-    struct capture *c = CAP;
+    lap(copy, 4, 5000, "5", 2, 9000);
     emit(copy, false, c);
     assert_null(find(c, "standings"));
+    char *again = state_save(copy);
+    lap(st, 4, 5000, "5", 2, 9000);
+    char *orig = state_save(st);
+    assert_string_equal(again, orig);
+    free(again);
+    free(orig);
     free(snap);
     state_free(copy);
+}
+
+/* The flag phase is saved, not guessed again from status and event. */
+static void test_snapshot_keeps_flag(void **state)
+{
+    static const char *const steps[][2] = {
+        {"{\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\"}}", "start"},
+        {"{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"running\"}}", "green"},
+        {"{\"event_type\":\"race.vsc_deployed\"}", "yellow"},
+        {"{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"new_thing\"}}",
+         "yellow"},
+        {"{\"event_type\":\"ui.reset\"}", "none"}, /* status is still "new_thing" */
+        {"{\"event_type\":\"event.start\"}", "start"},
+    };
+    (void)state;
+    struct capture *c = calloc(1, sizeof *c);
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        struct state *st = state_new(BASE), *copy = state_new(BASE);
+        for (size_t j = 0; j <= i; j++)
+            apply(st, j + 1, steps[j][0]);
+        char *snap = state_save(st);
+        assert_int_equal(state_load(copy, snap, strlen(snap)), 0);
+        emit(copy, true, c);
+        if (strcmp(payload_of(c, "flag"), steps[i][1]) != 0)
+            fail_msg("after %s: %s, want %s", steps[i][0], payload_of(c, "flag"), steps[i][1]);
+        /* and it goes on from there like the original */
+        status(st, 100, "suspended");
+        status(copy, 100, "suspended");
+        emit(st, false, c);
+        assert_string_equal(payload_of(c, "flag"), "red");
+        emit(copy, false, c);
+        assert_string_equal(payload_of(c, "flag"), "red");
+        free(snap);
+        state_free(copy);
+        state_free(st);
+    }
+    capture_clear(c);
+    free(c);
+}
+
+/* A version 1 snapshot (official entries as SmartRace sent them, no phase)
+ * written before an upgrade still restores the race. */
+static void test_snapshot_version_1(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    const char *v1 =
+        "{\"version\":1,\"seq\":12,\"status\":\"ended\",\"weather\":\"wet\",\"vsc\":"
+        "\"retracted\",\"event\":{\"type\":\"race\",\"laps\":25,\"start_time\":1,\"end_time\":2},"
+        "\"track\":null,\"official\":[{\"position\":1,\"driver_id\":17,\"controller_id\":3,"
+        "\"laps\":41,\"best_laptime\":9650,\"pitstops\":1,\"gap\":\"\",\"disqualified\":false,"
+        "\"retired\":false,\"x_new\":[1]},{\"position\":2,\"controller_id\":\"6\",\"laps\":\"38\","
+        "\"gap\":\"+3 Lap(s)\"},{\"position\":3,\"laps\":1}],\"controllers\":[{\"level\":\"3\","
+        "\"controller_id\":\"3\",\"laps\":12,\"last_lap_ms\":9876,\"best_lap_ms\":9876,"
+        "\"driver\":\"Ann\",\"car\":\"Ferrari\",\"color_bg\":\"red\",\"color_text\":\"#fff\"}],"
+        "\"deleted\":[\"4\"]}";
+    assert_int_equal(state_load(st, v1, strlen(v1)), 0);
+    assert_int_equal(state_seq(st), 12);
+    emit(st, true, c);
+    assert_string_equal(payload_of(c, "flag"), "checkered");
+    struct json_object *arr = json_of(c, "standings");
+    check_standings_schema(arr, true);
+    assert_int_equal(json_object_array_length(arr), 2); /* the entry without an id dropped */
+    struct json_object *e = json_object_array_get_idx(arr, 0);
+    assert_string_equal(str_member(e, "controller_id"), "3");
+    assert_string_equal(str_member(e, "driver"), "Ann");
+    assert_int_equal(int_member(e, "best_lap_ms"), 9650);
+    assert_int_equal(int_member(e, "last_lap_ms"), 9876);
+    assert_false(json_object_object_get_ex(e, "x_new", NULL));
+    e = json_object_array_get_idx(arr, 1);
+    assert_string_equal(str_member(e, "controller_id"), "6");
+    assert_int_equal(int_member(e, "laps"), 38);
+    assert_null(test_member(e, "driver"));
+    json_object_put(arr);
+    struct json_object *o = json_of(c, "controller/3");
+    assert_int_equal(int_member(o, "position"), 1);
+    json_object_put(o);
+    /* saved again, it is a version 2 snapshot that loads to the same state */
+    char *v2 = state_save(st);
+    struct json_object *root = json_tokener_parse(v2);
+    assert_int_equal(int_member(root, "version"), 2);
+    assert_string_equal(str_member(root, "phase"), "ended");
+    json_object_put(root);
+    struct state *copy = state_new(BASE);
+    assert_int_equal(state_load(copy, v2, strlen(v2)), 0);
+    assert_same_emission(st, copy);
+    state_free(copy);
+    free(v2);
+
+    /* without an end: the phase is the status, yellow under a VSC */
+    const char *running = "{\"version\":1,\"seq\":3,\"status\":\"running\",\"vsc\":\"deployed\","
+                          "\"event\":{\"type\":\"race\"}}";
+    assert_int_equal(state_load(st, running, strlen(running)), 0);
+    emit(st, true, c);
+    assert_string_equal(payload_of(c, "flag"), "yellow");
+    const char *event = "{\"version\":1,\"seq\":3,\"status\":\"sometime\",\"event\":{}}";
+    assert_int_equal(state_load(st, event, strlen(event)), 0);
+    emit(st, true, c);
+    assert_string_equal(payload_of(c, "flag"), "start");
 }
 
 static void test_snapshot_invalid(void **state)
@@ -956,7 +1422,20 @@ static void test_snapshot_invalid(void **state)
         "not json",
         "[]",
         "{}",
-        "{\"version\":2,\"seq\":1}",
+        "{\"version\":3,\"seq\":1}",
+        "{\"version\":0,\"seq\":1}",
+        "{\"version\":2,\"seq\":1,\"phase\":\"green\"}",
+        "{\"version\":2,\"seq\":1,\"phase\":1}",
+        "{\"version\":2,\"seq\":1,\"official\":[{\"position\":1,\"controller_id\":1,"
+        "\"laps\":1}]}",
+        "{\"version\":2,\"seq\":1,\"official\":[{\"position\":0,\"controller_id\":\"1\","
+        "\"laps\":1}]}",
+        "{\"version\":2,\"seq\":1,\"official\":[{\"position\":1,\"controller_id\":\"1\"}]}",
+        "{\"version\":2,\"seq\":1,\"official\":[{\"position\":1,\"controller_id\":\"1\","
+        "\"laps\":1,\"retired\":0}]}",
+        "{\"version\":2,\"seq\":1,\"official\":[{\"position\":1,\"controller_id\":\"1\","
+        "\"laps\":1,\"gap\":5}]}",
+        "{\"version\":2,\"seq\":1,\"official\":[7]}",
         "{\"version\":1}",
         "{\"version\":1,\"seq\":-1}",
         "{\"version\":1,\"seq\":\"1\"}",
@@ -993,6 +1472,13 @@ static void test_snapshot_invalid(void **state)
         p += sprintf(p, "%s{\"level\":\"c%d\",\"controller_id\":\"c%d\"}", i ? "," : "", i, i);
     strcpy(p, "]}");
     assert_int_equal(state_load(st, many, strlen(many)), -1);
+    /* too many official entries */
+    p = many + sprintf(many, "{\"version\":2,\"seq\":1,\"official\":[");
+    for (int i = 0; i <= STATE_MAX_CONTROLLERS; i++)
+        p += sprintf(p, "%s{\"position\":%d,\"controller_id\":\"c%d\",\"laps\":0}", i ? "," : "",
+                     i + 1, i);
+    strcpy(p, "]}");
+    assert_int_equal(state_load(st, many, strlen(many)), -1);
     free(many);
 
     char *after = state_save(st);
@@ -1001,12 +1487,13 @@ static void test_snapshot_invalid(void **state)
     free(after);
 
     /* a minimal valid one replaces everything */
-    const char *empty = "{\"version\":1,\"seq\":99}";
+    const char *empty = "{\"version\":2,\"seq\":99}";
     assert_int_equal(state_load(st, empty, strlen(empty)), 0);
     assert_int_equal(state_seq(st), 99);
     emit(st, true, c);
-    assert_int_equal(c->n, 1);
+    assert_int_equal(c->n, 2);
     assert_string_equal(payload_of(c, "standings"), "[]");
+    assert_string_equal(payload_of(c, "flag"), "none");
 }
 
 /* ---- journal replay ------------------------------------------------------------------ */
@@ -1076,6 +1563,11 @@ int main(void)
         T(test_controller_topic_is_sanitised),
         T(test_standings_order),
         T(test_official_result),
+        T(test_standings_same_shape),
+        T(test_official_id_int_or_string),
+        T(test_official_bounded),
+        cmocka_unit_test(test_flag_for_every_status),
+        T(test_flag_emitted_on_change),
         T(test_reset),
         T(test_reset_pending_deletions_in_full_emit),
         T(test_remove),
@@ -1086,6 +1578,8 @@ int main(void)
         T(test_strings_capped),
         T(test_snapshot_round_trip),
         T(test_snapshot_official_round_trip),
+        cmocka_unit_test(test_snapshot_keeps_flag),
+        T(test_snapshot_version_1),
         T(test_snapshot_invalid),
         T(test_replay_from_payloads),
         cmocka_unit_test(test_null_safety),
