@@ -191,12 +191,41 @@ static void test_no_file_is_defaults_with_auto_resolved(void **state)
     assert_int_equal(c.raceresult.enabled, 0);
     config_defaults(&d);
     d.raceresult.enabled = 0;
+    /* Derived at load from the client id, like raceresult.enabled. */
+    d.homeassistant.node_id = strdup(c.homeassistant.node_id);
     char *a = print_to_string(&c), *b = print_to_string(&d);
     assert_string_equal(a, b);
     free(a);
     free(b);
     config_free(&c);
     config_free(&d);
+}
+
+static void test_node_id_derived_and_checked(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256] = "";
+    char path[] = "/tmp/r2m_cfg_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char text[] = "[mqtt]\nclient_id = race2mqtt-Pit.Lane/2\n";
+    assert_int_equal(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    assert_int_equal(config_load(&c, path, err, sizeof err), 0);
+    assert_string_equal(c.homeassistant.node_id, "race2mqtt-Pit_Lane_2");
+    config_free(&c);
+
+    setenv("RACE2MQTT_HOMEASSISTANT_NODE_ID", "club.track", 1);
+    assert_int_not_equal(config_load(&c, path, err, sizeof err), 0);
+    assert_non_null(strstr(err, "RACE2MQTT_HOMEASSISTANT_NODE_ID"));
+    config_free(&c);
+    setenv("RACE2MQTT_HOMEASSISTANT_NODE_ID", "club_track-2", 1);
+    assert_int_equal(config_load(&c, path, err, sizeof err), 0);
+    assert_string_equal(c.homeassistant.node_id, "club_track-2");
+    config_free(&c);
+    unsetenv("RACE2MQTT_HOMEASSISTANT_NODE_ID");
+    unlink(path);
 }
 
 static void test_example_loads_as_defaults(void **state)
@@ -856,6 +885,7 @@ int main(void)
         T(test_defaults),
         T(test_no_file_is_defaults_with_auto_resolved),
         T(test_example_loads_as_defaults),
+        T(test_node_id_derived_and_checked),
         T(test_example_documents_every_key),
         T(test_every_type_parses),
         T(test_bool_spellings),
