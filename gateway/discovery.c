@@ -48,8 +48,8 @@
 #define FLAG_LIST "['green','yellow','red','checkered','start','jumpstart','none']"
 
 static const char *const status_options[] = {
-    "prepare_for_start", "starting", "jumpstart", "running", "suspended", "restarting", "ended",
-    NULL};
+    "prepare_for_start", "starting",   "jumpstart", "running",
+    "suspended",         "restarting", "ended",     NULL};
 static const char *const flag_options[] = {"green", "yellow",    "red",  "checkered",
                                            "start", "jumpstart", "none", NULL};
 static const char *const weather_options[] = {"dry", "wet", NULL};
@@ -375,21 +375,20 @@ static void gateway_components(struct builder *b)
     topic_of(info, n->bridge_base, "bridge", NULL, "info");
     topic_of(stats, n->bridge_base, "bridge", NULL, "stats");
 
-    struct json_object *c = component(b, "binary_sensor", "connectivity", "Connection",
-                                      b->bridge_state);
+    struct json_object *c =
+        component(b, "binary_sensor", "connectivity", "Connection", b->bridge_state);
     extra(b, c, "device_class", "connectivity");
     extra(b, c, "payload_on", "online");
     extra(b, c, "payload_off", "offline");
 
     /* The rest is unavailable while the gateway is offline. */
 
-
     struct json_object *cs[5];
     cs[0] = sensor(b, "version", "Version", info, "{{ value_json.version }}");
     diagnostic(b, cs[0]);
     extra(b, cs[0], "icon", "mdi:tag");
-    cs[1] = sensor(b, "events_accepted", "Events accepted", stats,
-                   "{{ value_json.events_accepted }}");
+    cs[1] =
+        sensor(b, "events_accepted", "Events accepted", stats, "{{ value_json.events_accepted }}");
     sensor_unit(b, cs[1], NULL, "events", "total_increasing");
     extra(b, cs[1], "icon", "mdi:flag-checkered");
     cs[2] = sensor(b, "queue_depth", "Journal depth", stats, "{{ value_json.queue_depth }}");
@@ -585,8 +584,8 @@ char *discovery_config(const struct discovery_names *n, const struct discovery_d
     switch (d->kind) {
     case DISCOVERY_GATEWAY:
         /* "race2mqtt-host" reads better than "race2mqtt race2mqtt-host". */
-        snprintf(name, sizeof name, strncmp(n->node_id, "race2mqtt", 9) == 0 ? "%s" : "race2mqtt %s",
-                 n->node_id);
+        snprintf(name, sizeof name,
+                 strncmp(n->node_id, "race2mqtt", 9) == 0 ? "%s" : "race2mqtt %s", n->node_id);
         device_block(&b, b.gateway_ids, name, "race2mqtt", "SmartRace / RACE RESULT gateway",
                      false);
         gateway_components(&b);

@@ -46,9 +46,9 @@
 
 #define TICK_MS 1000
 #define TOPIC_MAX 512
-#define NAME_MAX_BYTES 96 /* RR_NAME_MAX */
-#define MAX_DECODERS 10000  /* as many as the poller tracks */
-#define MAX_ORPHANS 1024    /* retained configs waiting for a decision */
+#define NAME_MAX_BYTES 96  /* RR_NAME_MAX */
+#define MAX_DECODERS 10000 /* as many as the poller tracks */
+#define MAX_ORPHANS 1024   /* retained configs waiting for a decision */
 
 struct entry {
     enum discovery_kind kind;
@@ -98,7 +98,7 @@ struct hass {
     bool connected_event;
     uint64_t birth_due_ms; /* 0: none */
     struct table ctrls, decs;
-    uint64_t round;     /* complete device lists seen */
+    uint64_t round; /* complete device lists seen */
     bool gateway_published, race_published;
     char (*orphans)[DISCOVERY_OBJECT_MAX];
     size_t norphans;
@@ -196,7 +196,8 @@ bool hass_message(struct hass *h, const struct mqtt_message *msg)
 {
     char object_id[DISCOVERY_OBJECT_MAX];
     if (strcmp(msg->topic, h->status_topic) == 0) {
-        if (h->cfg->homeassistant.enabled && msg->len == 6 && memcmp(msg->payload, "online", 6) == 0) {
+        if (h->cfg->homeassistant.enabled && msg->len == 6 &&
+            memcmp(msg->payload, "online", 6) == 0) {
             pthread_mutex_lock(&h->lock);
             if (!h->birth_due_ms) {
                 h->birth_due_ms = now_ms() + (uint64_t)h->cfg->homeassistant.birth_delay_ms;
@@ -273,27 +274,46 @@ void hass_decoders_listed(struct hass *h)
 
 /* ---- the thread --------------------------------------------------------- */
 
-struct sync_ctx {
-    struct hass *h;
-    uint64_t now;
+/* The controllers of the race state, copied without our lock held: the
+ * publisher holds ingest's lock while it waits for paho, and paho's thread
+ * may wait for our lock in hass_message(), so ours must never wait for
+ * ingest's. */
+struct ctrl_list {
+    size_t n;
+    struct {
+        char level[TOPIC_LEVEL_MAX + 1];
+        uint64_t change;
+    } v[STATE_MAX_CONTROLLERS];
 };
 
-/* ingest_controllers() callback, under both locks: marks what is present. */
-static void ctrl_seen(void *arg, const char *level, uint64_t change)
+static void ctrl_copy(void *arg, const char *level, uint64_t change)
 {
-    struct sync_ctx *s = arg;
-    struct entry *e = table_find(&s->h->ctrls, level);
-    if (!e) {
-        e = table_add(&s->h->ctrls, DISCOVERY_CONTROLLER, level, STATE_MAX_CONTROLLERS);
-        if (!e)
-            return;
-        e->seen_ms = s->now;
-        e->change = change;
-    }
-    e->present = true;
-    if (e->change != change) {
-        e->change = change;
-        e->seen_ms = s->now;
+    struct ctrl_list *l = arg;
+    if (l->n == STATE_MAX_CONTROLLERS || strlen(level) > TOPIC_LEVEL_MAX)
+        return;
+    memcpy(l->v[l->n].level, level, strlen(level) + 1);
+    l->v[l->n++].change = change;
+}
+
+/* Under the lock: marks what is present, notes when it last changed. */
+static void ctrl_sync(struct hass *h, const struct ctrl_list *l, uint64_t now)
+{
+    for (size_t i = 0; i < h->ctrls.n; i++)
+        h->ctrls.v[i].present = false;
+    for (size_t i = 0; i < l->n; i++) {
+        struct entry *e = table_find(&h->ctrls, l->v[i].level);
+        if (!e) {
+            e = table_add(&h->ctrls, DISCOVERY_CONTROLLER, l->v[i].level, STATE_MAX_CONTROLLERS);
+            if (!e)
+                continue;
+            e->seen_ms = now;
+            e->change = l->v[i].change;
+        }
+        e->present = true;
+        if (e->change != l->v[i].change) {
+            e->change = l->v[i].change;
+            e->seen_ms = now;
+        }
     }
 }
 
@@ -485,6 +505,11 @@ static void *run(void *arg)
     struct hass *h = arg;
     struct actions a = {0};
     bool enabled = h->cfg->homeassistant.enabled;
+    struct ctrl_list *ctrls = malloc(sizeof *ctrls);
+    if (!ctrls) {
+        log_error("homeassistant: out of memory; no discovery");
+        return NULL;
+    }
 
     pthread_mutex_lock(&h->lock);
     while (!h->stop) {
@@ -522,13 +547,13 @@ static void *run(void *arg)
         if (birth && h->hooks.republish)
             h->hooks.republish(h->hooks.ctx);
 
-        pthread_mutex_lock(&h->lock);
         if (h->in) {
-            for (size_t i = 0; i < h->ctrls.n; i++)
-                h->ctrls.v[i].present = false;
-            struct sync_ctx s = {.h = h, .now = now};
-            ingest_controllers(h->in, ctrl_seen, &s);
+            ctrls->n = 0;
+            ingest_controllers(h->in, ctrl_copy, ctrls);
         }
+        pthread_mutex_lock(&h->lock);
+        if (h->in)
+            ctrl_sync(h, ctrls, now);
         a.n = 0;
         if (mqtt_is_connected(h->m)) {
             if (enabled)
@@ -548,6 +573,7 @@ static void *run(void *arg)
     }
     pthread_mutex_unlock(&h->lock);
     free(a.v);
+    free(ctrls);
     return NULL;
 }
 

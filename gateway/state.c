@@ -150,7 +150,7 @@ struct ctrl {
     char car[STATE_STR_MAX + 1];
     char color_bg[STATE_STR_MAX + 1];
     char color_text[STATE_STR_MAX + 1];
-    int position; /* 0: not in the standings */
+    int position;       /* 0: not in the standings */
     uint64_t event_seq; /* seq of its last event; not in the snapshot */
     bool dirty;
 };

@@ -8,7 +8,7 @@ PACKAGES=(
   libpaho-mqtt-dev libmicrohttpd-dev libjson-c-dev libinih-dev zlib1g-dev libcurl4-openssl-dev
   libcmocka-dev
   mosquitto mosquitto-clients
-  python3 python3-paho-mqtt curl ca-certificates openssl util-linux
+  python3 python3-paho-mqtt python3-jinja2 curl ca-certificates openssl util-linux
 )
 
 missing=()

@@ -30,7 +30,7 @@ struct json_object;
 #define RR_MAX_DEPTH 32 /* JSON nesting accepted from the API */
 #define RR_ID_MAX 128   /* device id bytes kept (as sent, cut) */
 #define RR_PASSING_ID_MAX (RR_ID_MAX + 48)
-#define RR_NAME_MAX 96  /* device name bytes kept */
+#define RR_NAME_MAX 96 /* device name bytes kept */
 
 enum rr_error {
     RR_OK = 0,
