@@ -35,7 +35,8 @@ CID = 4711
 DEV = "D-P"
 
 
-GATEWAY_TOPIC = re.compile(r"^(smartrace|raceresult|race2mqtt)(/[A-Za-z0-9._-]+)+$")
+GATEWAY_TOPIC = re.compile(r"^(smartrace|raceresult|race2mqtt|homeassistant)(/[A-Za-z0-9._-]+)+$")
+FLAGS = (b"none", b"start", b"green", b"yellow", b"red", b"checkered", b"jumpstart")
 
 
 class SessionPoisonTests(harness.IntegrationCase):
@@ -52,6 +53,9 @@ class SessionPoisonTests(harness.IntegrationCase):
                 bad.append((m.topic, m.payload[:40]))
             elif m.topic == "race2mqtt/bridge/state" or m.topic.endswith("/availability"):
                 if m.payload not in (b"online", b"offline"):
+                    bad.append((m.topic, m.payload[:40]))
+            elif m.topic == "smartrace/state/flag":
+                if m.payload not in FLAGS:
                     bad.append((m.topic, m.payload[:40]))
             elif m.payload or not m.retain:
                 try:
