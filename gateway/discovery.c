@@ -40,6 +40,8 @@
 #define ID_MAX 512
 #define TOPIC_MAX 512
 #define JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+/* A sanitised topic level (topic.h): the only levels an object id is made of. */
+#define LEVEL_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 /* SmartRace's statuses (data interface, event.change_status) and the flag
  * values derived from them (state.c). */
@@ -83,7 +85,8 @@ bool discovery_object_id(const struct discovery_device *d, char *out, size_t cap
     default:
         return false;
     }
-    if (!d->level || !d->level[0] || strlen(d->level) > TOPIC_LEVEL_MAX)
+    if (!d->level || !d->level[0] || strlen(d->level) > TOPIC_LEVEL_MAX ||
+        strspn(d->level, LEVEL_CHARS) != strlen(d->level))
         return false;
     size_t n = strlen(prefix);
     if (n + 1 > cap)
@@ -158,9 +161,7 @@ bool discovery_parse_object(const char *object_id, enum discovery_kind *kind,
     /* Only what discovery_object_id() writes: a level of our alphabet. */
     char again[DISCOVERY_OBJECT_MAX];
     struct discovery_device d = {.kind = *kind, .level = level};
-    return strspn(level, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") ==
-               n &&
-           discovery_object_id(&d, again, sizeof again) && strcmp(again, object_id) == 0;
+    return discovery_object_id(&d, again, sizeof again) && strcmp(again, object_id) == 0;
 }
 
 bool discovery_topic(const struct discovery_names *n, const char *object_id, char *out, size_t cap)
