@@ -383,7 +383,6 @@ static void gateway_components(struct builder *b)
     extra(b, c, "payload_off", "offline");
 
     /* The rest is unavailable while the gateway is offline. */
-
     struct json_object *cs[5];
     cs[0] = sensor(b, "version", "Version", info, "{{ value_json.version }}");
     diagnostic(b, cs[0]);
@@ -403,7 +402,6 @@ static void gateway_components(struct builder *b)
     sensor_unit(b, cs[4], NULL, "passings", "total_increasing");
     extra(b, cs[4], "icon", "mdi:timer-outline");
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
-
         if (cs[i])
             add_obj(b, cs[i], "availability", availability(b, b->bridge_state, NULL));
     }
