@@ -328,11 +328,10 @@ static void diagnostic(struct builder *b, struct json_object *c)
     extra(b, c, "entity_category", "diagnostic");
 }
 
-static void topic_of(char *out, const char *base, const char *mid, const char *level,
-                     const char *leaf)
+/* <base>/<mid>/<leaf>: every topic an entity reads has three parts. */
+static void topic_of(char *out, const char *base, const char *mid, const char *leaf)
 {
-    snprintf(out, TOPIC_MAX, "%s/%s%s%s%s%s", base, mid, level ? "/" : "", level ? level : "",
-             leaf ? "/" : "", leaf ? leaf : "");
+    snprintf(out, TOPIC_MAX, "%s/%s/%s", base, mid, leaf);
 }
 
 static void device_block(struct builder *b, const char *ids, const char *name, const char *mf,
@@ -373,8 +372,8 @@ static void gateway_components(struct builder *b)
 {
     const struct discovery_names *n = b->n;
     char info[TOPIC_MAX], stats[TOPIC_MAX];
-    topic_of(info, n->bridge_base, "bridge", NULL, "info");
-    topic_of(stats, n->bridge_base, "bridge", NULL, "stats");
+    topic_of(info, n->bridge_base, "bridge", "info");
+    topic_of(stats, n->bridge_base, "bridge", "stats");
 
     struct json_object *c =
         component(b, "binary_sensor", "connectivity", "Connection", b->bridge_state);
@@ -413,28 +412,28 @@ static void race_components(struct builder *b)
     char t[TOPIC_MAX];
     struct json_object *c;
 
-    topic_of(t, base, "state", NULL, "status");
+    topic_of(t, base, "state", "status");
     c = sensor(b, "status", "Status", t, "{{ value if value in " STATUS_LIST " else None }}");
     sensor_enum(b, c, status_options);
     extra(b, c, "icon", "mdi:list-status");
 
-    topic_of(t, base, "state", NULL, "flag");
+    topic_of(t, base, "state", "flag");
     c = sensor(b, "flag", "Flag", t, "{{ value if value in " FLAG_LIST " else None }}");
     sensor_enum(b, c, flag_options);
     extra(b, c, "icon", "mdi:flag");
 
-    topic_of(t, base, "state", NULL, "weather");
+    topic_of(t, base, "state", "weather");
     c = sensor(b, "weather", "Weather", t, "{{ value if value in ['dry','wet'] else None }}");
     sensor_enum(b, c, weather_options);
     extra(b, c, "icon", "mdi:weather-partly-rainy");
 
-    topic_of(t, base, "state", NULL, "vsc");
+    topic_of(t, base, "state", "vsc");
     c = component(b, "binary_sensor", "vsc", "Virtual safety car", t);
     extra(b, c, "payload_on", "deployed");
     extra(b, c, "payload_off", "retracted");
     extra(b, c, "icon", "mdi:car-brake-alert");
 
-    topic_of(t, base, "state", NULL, "event");
+    topic_of(t, base, "state", "event");
     c = sensor(b, "event_type", "Event type", t, "{{ value_json.get('type') }}");
     extra(b, c, "icon", "mdi:trophy");
     c = sensor(b, "event_laps", "Race laps", t, "{{ value_json.get('laps') }}");
@@ -443,7 +442,7 @@ static void race_components(struct builder *b)
     c = sensor(b, "event_duration", "Race duration", t, "{{ value_json.get('duration') }}");
     sensor_unit(b, c, "duration", "s", "measurement");
 
-    topic_of(t, base, "state", NULL, "standings");
+    topic_of(t, base, "state", "standings");
     c = sensor(b, "leader", "Leader", t,
                "{{ (value_json[0].driver or ('Controller ' ~ value_json[0].controller_id)) "
                "if value_json | length > 0 else None }}");
@@ -453,7 +452,7 @@ static void race_components(struct builder *b)
     sensor_unit(b, c, NULL, "laps", "measurement");
     extra(b, c, "icon", "mdi:counter");
 
-    topic_of(t, base, "state", NULL, "track");
+    topic_of(t, base, "state", "track");
     c = sensor(b, "track", "Track", t, "{{ value_json.get('name') }}");
     extra(b, c, "icon", "mdi:go-kart-track");
 }
@@ -463,9 +462,8 @@ static void controller_components(struct builder *b)
     char st[TOPIC_MAX], lap[TOPIC_MAX];
     const char *base = b->n->smartrace_base;
     struct json_object *c;
-    topic_of(st, base, "state", "controller", NULL);
-    snprintf(st + strlen(st), TOPIC_MAX - strlen(st), "/%s", b->d->level);
-    topic_of(lap, base, "lap", b->d->level, NULL);
+    topic_of(st, base, "state/controller", b->d->level);
+    topic_of(lap, base, "lap", b->d->level);
 
     c = sensor(b, "position", "Position", st, "{{ value_json.position }}");
     sensor_unit(b, c, NULL, NULL, "measurement");
@@ -515,12 +513,9 @@ static void decoder_components(struct builder *b)
     char st[TOPIC_MAX], av[TOPIC_MAX], pass[TOPIC_MAX];
     const char *base = b->n->raceresult_base;
     struct json_object *c;
-    topic_of(st, base, b->d->level, NULL, NULL);
-    memcpy(av, st, TOPIC_MAX);
-    memcpy(pass, st, TOPIC_MAX);
-    strncat(st, "/status", TOPIC_MAX - strlen(st) - 1);
-    strncat(av, "/availability", TOPIC_MAX - strlen(av) - 1);
-    strncat(pass, "/passing", TOPIC_MAX - strlen(pass) - 1);
+    topic_of(st, base, b->d->level, "status");
+    topic_of(av, base, b->d->level, "availability");
+    topic_of(pass, base, b->d->level, "passing");
 
     /* Shared: unavailable when the gateway or the decoder is offline. */
     struct json_object *a = availability(b, b->bridge_state, av);
@@ -570,7 +565,7 @@ char *discovery_config(const struct discovery_names *n, const struct discovery_d
     if (!discovery_object_id(d, b.object_id, sizeof b.object_id))
         return NULL;
     snprintf(b.gateway_ids, sizeof b.gateway_ids, "race2mqtt_%s", n->node_id);
-    topic_of(b.bridge_state, n->bridge_base, "bridge", NULL, "state");
+    topic_of(b.bridge_state, n->bridge_base, "bridge", "state");
     snprintf(ids, sizeof ids, "race2mqtt_%s_%s", n->node_id, b.object_id);
     b.root = json_object_new_object();
     b.cmps = json_object_new_object();

@@ -120,19 +120,28 @@ static struct entry *table_find(struct table *t, const char *level)
     return NULL;
 }
 
+/* The growable array v (n used, *cap allocated) with room for one more
+ * element: v itself, or a larger copy; NULL (v untouched) on no memory. */
+static void *grow(void *v, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return v;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    void *nv = realloc(v, ncap * size);
+    if (nv)
+        *cap = ncap;
+    return nv;
+}
+
 static struct entry *table_add(struct table *t, enum discovery_kind kind, const char *level,
                                size_t max)
 {
     if (t->n == max || strlen(level) > TOPIC_LEVEL_MAX)
         return NULL;
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 16;
-        struct entry *v = realloc(t->v, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        t->v = v;
-        t->cap = cap;
-    }
+    struct entry *v = grow(t->v, t->n, &t->cap, sizeof *v);
+    if (!v)
+        return NULL;
+    t->v = v;
     struct entry *e = &t->v[t->n++];
     memset(e, 0, sizeof *e);
     e->kind = kind;
@@ -337,14 +346,10 @@ struct actions {
 
 static struct action *action_push(struct actions *a)
 {
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 32;
-        struct action *v = realloc(a->v, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        a->v = v;
-        a->cap = cap;
-    }
+    struct action *v = grow(a->v, a->n, &a->cap, sizeof *v);
+    if (!v)
+        return NULL;
+    a->v = v;
     struct action *x = &a->v[a->n++];
     memset(x, 0, sizeof *x);
     return x;

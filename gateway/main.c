@@ -262,11 +262,11 @@ static void broker_host_port(const char *url, char *host, size_t cap, int *port)
         *port = atoi(p + n + 1);
 }
 
-static void print_banner(const struct gateway *g)
+/* addr: the LAN address a tablet would use (lan_address()). */
+static void print_banner(const struct gateway *g, const char *addr)
 {
-    char addr[64], host[256];
+    char host[256];
     int bport;
-    lan_address(&g->cfg, addr, sizeof addr);
     broker_host_port(g->cfg.mqtt.url, host, sizeof host, &bport);
     log_info("race2mqtt %s is running", RACE2MQTT_VERSION);
     if (g->cfg.raceresult.enabled == 1)
@@ -330,10 +330,9 @@ static int run(struct gateway *g, const sigset_t *signals)
             goto out;
         }
     }
-    char page[128];
-    lan_address(&g->cfg, page, sizeof page);
-    char url[192];
-    snprintf(url, sizeof url, "http://%s:%d/", page, g->cfg.http.port);
+    char addr[64], url[128];
+    lan_address(&g->cfg, addr, sizeof addr);
+    snprintf(url, sizeof url, "http://%s:%d/", addr, g->cfg.http.port);
     struct hass_hooks hh = {.republish = republish_retained, .ctx = g};
     g->hass = hass_new(&g->cfg, g->ingest, &hh, g->cfg.smartrace.enabled ? url : NULL);
     if (!g->hass) {
@@ -363,7 +362,7 @@ static int run(struct gateway *g, const sigset_t *signals)
             goto out;
         atomic_store(&g->http, h);
     }
-    print_banner(g);
+    print_banner(g, addr);
 
     int sig = 0;
     while (sigwait(signals, &sig) == 0 && sig != SIGTERM && sig != SIGINT)
