@@ -36,6 +36,7 @@
 struct ingest {
     const struct config *cfg;
     struct journal *j;
+    struct ingest_tap tap;
     pthread_mutex_t lock;
     struct state *st;      /* under lock */
     bool full;             /* under lock: refusing because the journal is full */
@@ -51,13 +52,16 @@ struct ingest {
     bool saver_stop;
 };
 
-struct ingest *ingest_new(const struct config *cfg, struct journal *j)
+struct ingest *ingest_new(const struct config *cfg, struct journal *j,
+                          const struct ingest_tap *tap)
 {
     struct ingest *in = calloc(1, sizeof *in);
     if (!in)
         return NULL;
     in->cfg = cfg;
     in->j = j;
+    if (tap)
+        in->tap = *tap;
     in->st = state_new(cfg->smartrace.base_topic);
     if (!in->st) {
         free(in);
@@ -187,8 +191,21 @@ enum ingest_result ingest_event(struct ingest *in, const char *body, size_t len,
 
     pthread_mutex_lock(&in->lock);
     enum journal_error jerr = journal_append(in->j, msg.topic, msg.head, msg.head_len, seq);
-    if (jerr == JOURNAL_OK)
+    if (jerr == JOURNAL_OK) {
         state_apply(in->st, &ev, *seq);
+        if (in->tap.accepted) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            struct ingest_accepted a = {
+                .seq = *seq,
+                .at_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
+                .type = ev.type,
+                .body = body,
+                .len = len,
+            };
+            in->tap.accepted(in->tap.ctx, &a);
+        }
+    }
     /* One line when the journal fills up and one when it has room again, not
      * one per refused webhook. */
     if ((jerr == JOURNAL_FULL) != in->full) {

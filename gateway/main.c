@@ -298,7 +298,7 @@ static int run(struct gateway *g, const sigset_t *signals)
     if (journal_open(&g->journal, &jopt, err, sizeof err) != 0)
         goto out;
 
-    g->ingest = ingest_new(&g->cfg, g->journal);
+    g->ingest = ingest_new(&g->cfg, g->journal, NULL);
     if (!g->ingest) {
         snprintf(err, sizeof err, "out of memory");
         goto out;

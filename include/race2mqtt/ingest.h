@@ -19,8 +19,29 @@ struct config;
 struct journal;
 struct ingest;
 
-/* Creates the ingest path over j (borrowed, must outlive it). NULL on no memory. */
-struct ingest *ingest_new(const struct config *cfg, struct journal *j);
+/* One accepted event, as the tap sees it. Pointers live until the tap returns. */
+struct ingest_accepted {
+    uint64_t seq;
+    int64_t at_ms;    /* wall clock when it was journaled (Unix ms) */
+    const char *type; /* event_type as sent */
+    const char *body; /* the raw body, exactly as received */
+    size_t len;
+};
+
+/*
+ * Who else sees every accepted event (the page, the recording). Called on the
+ * HTTP worker with ingest's lock held, so taps see events in seq order: copy
+ * what you keep and return; never call back into ingest.
+ */
+struct ingest_tap {
+    void (*accepted)(void *ctx, const struct ingest_accepted *a);
+    void *ctx;
+};
+
+/* Creates the ingest path over j (borrowed, must outlive it); tap (may be
+ * NULL) is copied. NULL on no memory. */
+struct ingest *ingest_new(const struct config *cfg, struct journal *j,
+                          const struct ingest_tap *tap);
 void ingest_free(struct ingest *in);
 
 /*
