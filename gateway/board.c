@@ -475,29 +475,40 @@ struct json_object *board_raceresult_json(struct board *b)
 
 struct json_object *board_events_json(struct board *b, size_t limit)
 {
-    struct json_object *o = json_object_new_object();
-    struct json_object *arr = json_object_new_array();
-    if (!o || !arr) {
-        json_object_put(o);
-        json_object_put(arr);
-        return NULL;
-    }
+    /* Copies under the lock, parsing after it: ingest's tap waits on this
+     * lock, and a full ring is a megabyte of JSON. */
     pthread_mutex_lock(&b->lock);
     size_t n = limit < b->ring_count ? limit : b->ring_count;
-    for (size_t i = b->ring_count - n; i < b->ring_count; i++) {
-        const struct raw_event *e = &b->ring[(b->ring_first + i) % b->keep];
-        struct json_object *x = json_object_new_object();
+    struct raw_event *copy = calloc(n ? n : 1, sizeof *copy);
+    for (size_t i = 0; copy && i < n; i++) {
+        copy[i] = b->ring[(b->ring_first + b->ring_count - n + i) % b->keep];
+        copy[i].body = strdup(copy[i].body);
+    }
+    pthread_mutex_unlock(&b->lock);
+
+    struct json_object *o = json_object_new_object();
+    struct json_object *arr = json_object_new_array_ext((int)n);
+    for (size_t i = 0; copy && arr && i < n; i++) {
+        const struct raw_event *e = &copy[i];
+        struct json_object *x = e->body ? json_object_new_object() : NULL;
         if (!x)
-            break;
+            continue; /* no memory: one event less on a debugging page */
         json_object_object_add(x, "seq", json_object_new_uint64(e->seq));
         json_object_object_add(x, "at_ms", json_object_new_int64(e->at_ms));
         json_object_object_add(x, "type", json_object_new_string(e->type));
-        /* Accepted bodies parsed once already, within SmartRace's depth bound. */
+        /* Accepted bodies were parsed once already, within SmartRace's depth bound. */
         struct json_object *body = json_tokener_parse(e->body);
         json_object_object_add(x, "body", body ? body : json_object_new_string(e->body));
         json_object_array_add(arr, x);
     }
-    pthread_mutex_unlock(&b->lock);
+    for (size_t i = 0; copy && i < n; i++)
+        free(copy[i].body);
+    free(copy);
+    if (!o || !arr || !copy) {
+        json_object_put(o);
+        json_object_put(arr);
+        return NULL;
+    }
     json_object_object_add(o, "events", arr);
     return o;
 }

@@ -272,13 +272,13 @@ static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, 
     return MHD_YES;
 }
 
-/* Paths that only answer GET: a POST there is a mistake, not an event. */
+/* Paths that only answer GET: a POST there is a mistake, not an event. The
+ * page's paths are not among them: "http://host:8080/events" is a URL a user
+ * may well type into SmartRace, and every path but these takes events. */
 static bool is_reserved(const char *url)
 {
     return strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
-           strcmp(url, "/metrics") == 0 || strcmp(url, "/api/state") == 0 ||
-           strcmp(url, "/api/events") == 0 || strcmp(url, "/events") == 0 ||
-           strcmp(url, "/index.html") == 0;
+           strcmp(url, "/metrics") == 0;
 }
 
 /* 200 with resp (consumed), which must never come from a cache: a new

@@ -591,9 +591,10 @@ static void poll_round(struct rrpoll *p)
         struct device *d = device_get(p, &list.devices[i]);
         if (!d)
             continue;
-        publish_status(p, d, &list.devices[i]);
+        /* The observer hears of the device before its status. */
         if (p->obs.device)
             p->obs.device(p->obs.ctx, &list.devices[i]);
+        publish_status(p, d, &list.devices[i]);
         if (mqtt_is_connected(p->m) && due(d, &list.devices[i], now))
             fetch_device(p, d, &list.devices[i]);
     }

@@ -1549,6 +1549,90 @@ static void test_null_safety(void **state)
     state_free(st);
 }
 
+/* ---- the page's view (GET /api/state) -------------------------------------- */
+
+/* view.race must say what the retained topics say, member by member: the page
+ * and a light controller that reads the topics must never disagree. */
+static void check_view_mirrors_topics(struct state *st, struct capture *c)
+{
+    emit(st, true, c);
+    struct json_object *v = state_view(st);
+    assert_non_null(v);
+    assert_int_equal(json_object_get_uint64(test_member(v, "seq")), state_seq(st));
+    static const char *const plain[] = {"status", "flag", "weather", "vsc"};
+    for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
+        const struct emitted *e = find(c, plain[i]);
+        struct json_object *got = test_member(v, plain[i]);
+        if (!e || !e->payload)
+            assert_null(got);
+        else
+            assert_string_equal(json_object_get_string(got), e->payload);
+    }
+    static const char *const objects[] = {"event", "track", "standings"};
+    for (size_t i = 0; i < sizeof objects / sizeof *objects; i++) {
+        const struct emitted *e = find(c, objects[i]);
+        struct json_object *want = e && e->payload ? json_tokener_parse(e->payload) : NULL;
+        if (!json_object_equal(test_member(v, objects[i]), want))
+            fail_msg("%s: view %s, topic %s", objects[i],
+                     json_object_to_json_string(test_member(v, objects[i])),
+                     e && e->payload ? e->payload : "(none)");
+        json_object_put(want);
+    }
+    /* Every controller topic once, in standings order, then the rest by id. */
+    struct json_object *ctrls = test_member(v, "controllers");
+    size_t topics = 0;
+    for (size_t i = 0; i < c->n; i++)
+        topics += strncmp(c->e[i].topic, BASE "/state/controller/", 25) == 0 && c->e[i].payload;
+    assert_int_equal(json_object_array_length(ctrls), topics);
+    int64_t last_pos = 1;
+    for (size_t i = 0; i < json_object_array_length(ctrls); i++) {
+        struct json_object *got = json_object_array_get_idx(ctrls, i);
+        char suffix[128];
+        snprintf(suffix, sizeof suffix, "controller/%s", str_member(got, "controller_id"));
+        struct json_object *want = json_of(c, suffix);
+        if (!json_object_equal(got, want))
+            fail_msg("%s: view %s, topic %s", suffix, json_object_to_json_string(got),
+                     json_object_to_json_string(want));
+        struct json_object *pos = test_member(got, "position");
+        if (pos) {
+            assert_true(json_object_get_int64(pos) >= last_pos);
+            last_pos = json_object_get_int64(pos);
+        } else {
+            last_pos = INT64_MAX; /* unplaced ones come last */
+        }
+        json_object_put(want);
+    }
+    json_object_put(v);
+}
+
+static void test_view_mirrors_topics(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    check_view_mirrors_topics(st, c); /* nothing known: all null, no controllers */
+    apply(st, 1,
+          "{\"time\":1000,\"event_type\":\"event.start\",\"event_data\":{\"type\":\"race\","
+          "\"laps\":\"20\"}}");
+    apply(st, 2, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"running\"}}");
+    apply(st, 3, "{\"event_type\":\"util.set_active_track\",\"event_data\":{\"name\":\"Club\"}}");
+    lap(st, 4, 2000, "3", 1, 8100);
+    lap(st, 5, 2100, "1", 1, 8300);
+    lap(st, 6, 2200, "3", 2, 7900);
+    apply(st, 7, "{\"event_type\":\"util.fuel_update\",\"event_data\":{\"controller_id\":\"6\","
+                 "\"fuel\":\"80\"}}");
+    check_view_mirrors_topics(st, c); /* 3 leads 1; 6 has no lap yet */
+    apply(st, 8, "{\"event_type\":\"race.vsc_deployed\"}");
+    apply(st, 9, "{\"event_type\":\"events.weather_change\",\"event_data\":\"wet\"}");
+    apply(st, 10, "{\"event_type\":\"event.pit.enter\",\"event_data\":\"3\"}");
+    lap(st, 11, 2300, "1", 2, 7800);
+    lap(st, 12, 2400, "1", 3, 7700);
+    check_view_mirrors_topics(st, c); /* 1 passed 3 */
+    apply_file(st, 13, "event.end_result.json");
+    check_view_mirrors_topics(st, c); /* the official result orders them now */
+    apply(st, 14, "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"ended\"}}");
+    check_view_mirrors_topics(st, c);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1583,6 +1667,7 @@ int main(void)
         T(test_snapshot_invalid),
         T(test_replay_from_payloads),
         cmocka_unit_test(test_null_safety),
+        T(test_view_mirrors_topics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
