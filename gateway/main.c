@@ -260,7 +260,7 @@ static void add(json_object *o, const char *key, json_object *v)
 }
 
 /* GET /api/state and each /events frame, without now_ms (see
- * doc/api-state.md). Any HTTP worker and the stream thread. */
+ * README "GET /api/state"). Any HTTP worker and the stream thread. */
 static json_object *render_state(void *ctx)
 {
     struct gateway *g = ctx;
