@@ -308,6 +308,7 @@ static int load(const char *path, struct event **out, size_t *count)
     *out = ev;
     *count = n;
     ev = NULL;
+    n = 0;
     rc = 0;
 out:
     free_events(ev, n);
