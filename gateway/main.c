@@ -50,6 +50,7 @@
 #include "race2mqtt/mqtt.h"
 #include "race2mqtt/publisher.h"
 #include "race2mqtt/raceresult.h"
+#include "race2mqtt/recording.h"
 #include "race2mqtt/rest.h"
 #include "race2mqtt/rrpoll.h"
 
@@ -69,6 +70,8 @@ struct gateway {
     struct cmdworker *cmdworker;
     struct hass *hass;
     struct board *board;
+    struct recorder *recorder; /* smartrace.record; NULL = off */
+    bool record_failing;       /* a recording problem is logged when it starts, not per event */
     struct http *_Atomic http;
     uint64_t started_ms;
     char lan_url[128]; /* what to type into SmartRace */
@@ -189,6 +192,18 @@ static void event_accepted(void *ctx, const struct ingest_accepted *a)
 {
     struct gateway *g = ctx;
     board_accepted(g->board, a);
+    if (!g->recorder)
+        return;
+    /* Under ingest's lock, so the lines are in seq order. */
+    if (recorder_append(g->recorder, (uint64_t)a->at_ms, a->body, a->len) != 0) {
+        if (!g->record_failing)
+            log_warn("recording %s: cannot append seq %llu: %s", g->cfg.smartrace.record,
+                     (unsigned long long)a->seq, strerror(errno));
+        g->record_failing = true;
+    } else if (g->record_failing) {
+        log_info("recording %s: appending again", g->cfg.smartrace.record);
+        g->record_failing = false;
+    }
 }
 
 static void mqtt_lost(void *ctx, const char *cause)
@@ -403,6 +418,12 @@ static int run(struct gateway *g, const sigset_t *signals)
         goto out;
 
     g->started_ms = wall_ms();
+    if (g->cfg.smartrace.record && g->cfg.smartrace.record[0]) {
+        g->recorder = recorder_open(g->cfg.smartrace.record, err, sizeof err);
+        if (!g->recorder)
+            goto out;
+        log_info("recording every accepted event to %s", g->cfg.smartrace.record);
+    }
     g->board = board_new(g->cfg.smartrace.keep_events);
     struct ingest_tap tap = {.accepted = event_accepted, .ctx = g};
     g->ingest = g->board ? ingest_new(&g->cfg, g->journal, &tap) : NULL;
@@ -512,6 +533,7 @@ out:
     mqtt_free(g->mqtt);
     ingest_free(g->ingest);
     board_free(g->board);
+    recorder_close(g->recorder);
     if (status == 0)
         log_info("stopped cleanly");
     return status;
