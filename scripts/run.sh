@@ -33,7 +33,33 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+
+# conf_value SECTION KEY [race2mqtt args]: the value of a key in the
+# effective configuration (empty when unset or the configuration is bad).
+conf_value() {
+  local sec=$1 key=$2
+  shift 2
+  build/race2mqtt -c config/race2mqtt.conf "$@" --check-config 2>/dev/null |
+    awk -v sec="[$sec]" -v key="$key" '
+      /^\[/ { in_sec = ($0 == sec) }
+      in_sec && $1 == key && $2 == "=" && !found { found = $3 }
+      END { print found }' || true
+}
+
+# The broker the configuration names (first URL, host:port).
+mqtt_url=$(conf_value mqtt url "$@")
+mqtt_hostport=${mqtt_url#*://}
+mqtt_hostport=${mqtt_hostport%%,*}
+mqtt_host=${mqtt_hostport%:*}
+mqtt_port=${mqtt_hostport##*:}
+[ "$mqtt_port" = "$mqtt_hostport" ] && mqtt_port=1883
+mqtt_host=${mqtt_host:-127.0.0.1}
+
+if (exec 3<>"/dev/tcp/$mqtt_host/$mqtt_port") 2>/dev/null; then
+  echo "==> using the broker already listening on $mqtt_host:$mqtt_port"
+elif [ "$mqtt_host:$mqtt_port" != 127.0.0.1:1883 ]; then
+  echo "==> no broker answers on $mqtt_host:$mqtt_port yet; the gateway keeps trying" >&2
+else
   mkdir -p mosquitto/data
   # mosquitto started as root drops to the mosquitto user: let it write here.
   if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
@@ -49,33 +75,13 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
     sleep 0.1
   done
   echo "==> bundled mosquitto running on 127.0.0.1:1883 (log: mosquitto/mosquitto.log)"
-else
-  echo "==> using the broker already listening on 127.0.0.1:1883"
 fi
-
-# conf_value SECTION KEY [race2mqtt args]: the value of a key in the
-# effective configuration (empty when unset or the configuration is bad).
-conf_value() {
-  local sec=$1 key=$2
-  shift 2
-  build/race2mqtt -c config/race2mqtt.conf "$@" --check-config 2>/dev/null |
-    awk -v sec="[$sec]" -v key="$key" '
-      /^\[/ { in_sec = ($0 == sec) }
-      in_sec && $1 == key && $2 == "=" && !found { found = $3 }
-      END { print found }' || true
-}
 
 if [ "$demo" = 1 ]; then
   http_port=$(conf_value http port "$@")
   http_port=${http_port:-8080}
   http_host=$(conf_value http bind "$@")
   case "$http_host" in "" | 0.0.0.0 | "::" | "[::]") http_host=127.0.0.1 ;; esac
-  mqtt_url=$(conf_value mqtt url "$@")
-  mqtt_hostport=${mqtt_url#*://}
-  mqtt_hostport=${mqtt_hostport%%,*}
-  mqtt_host=${mqtt_hostport%:*}
-  mqtt_port=${mqtt_hostport##*:}
-  [ "$mqtt_port" = "$mqtt_hostport" ] && mqtt_port=1883
   lan_ip=$(hostname -I 2>/dev/null | awk '{print $1}')
   token_args=()
   # A configured token is masked in --check-config; the demo can only use
