@@ -54,8 +54,7 @@ void recorder_close(struct recorder *r)
     free(r);
 }
 
-/* The line for one event, '\n' included, in a malloc'd buffer; NULL on no memory. */
-static char *recording_line(uint64_t at_ms, const char *body, size_t len, size_t *line_len)
+char *recording_line(uint64_t at_ms, const char *body, size_t len, size_t *line_len)
 {
     char *line = NULL;
     struct json_object *o = json_object_new_object();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every parser of untrusted input with libFuzzer for a bounded time.
 #
-#   scripts/fuzz.sh [seconds-per-target] [target...]   (default 60 s; all four targets)
+#   scripts/fuzz.sh [seconds-per-target] [target...]   (default 60 s; every target)
 #
 # Builds build-fuzz/ with clang (-DRACE2MQTT_FUZZ=ON: ASan + UBSan + coverage),
 # then runs each target on a temporary copy of its seeds: tests/fuzz/corpus/<name>,
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(smartrace raceresult config command)
+[ ${#targets[@]} -gt 0 ] || targets=(smartrace raceresult config command recording)
 jobs=$(nproc)
 
 # clang's libFuzzer runtime (libclang-rt-14-dev on Debian 12) only here, not in

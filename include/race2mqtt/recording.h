@@ -58,6 +58,13 @@ int recorder_append(struct recorder *r, uint64_t at_ms, const char *body, size_t
 void recorder_close(struct recorder *r);
 
 /*
+ * The line recorder_append() writes for one event, '\n' included, in a
+ * malloc'd buffer of *line_len bytes; NULL on no memory. body must be UTF-8
+ * for the line to read back. Pure: no I/O.
+ */
+char *recording_line(uint64_t at_ms, const char *body, size_t len, size_t *line_len);
+
+/*
  * Reads one line (len bytes, the trailing '\n' optional, need not be
  * NUL-terminated). On success returns 0 with *at_ms and *body, a malloc'd
  * copy of the body (NUL-terminated; *body_len excludes the NUL, and the body
