@@ -17,6 +17,7 @@ import time
 
 import harness
 from harness import wait_until
+from test_state import ev
 
 S = "smartrace/state/"
 TOKEN = "page-tok-3141"
@@ -29,13 +30,6 @@ def lap(cid, n, ms, t, name):
         "controller_id": cid, "lap": n, "laptime_raw": ms,
         "driver_data": {"name": name}, "car_data": {"name": "Car " + cid},
         "controller_data": {"color_bg": "#102030", "color_text": "#fff"}}}
-
-
-def ev(etype, data=None, t=1700000000000):
-    e = {"time": t, "event_type": etype}
-    if data is not None:
-        e["event_data"] = data
-    return e
 
 
 def race():
