@@ -646,6 +646,11 @@ fail:
     return -1;
 }
 
+int http_streams(struct http *h)
+{
+    return h ? sse_streams(h->sse) : 0;
+}
+
 int http_port(const struct http *h)
 {
     return h->port;

@@ -258,6 +258,7 @@ static char *render_metrics(void *ctx, size_t *len)
         .journal_bytes = st.bytes,
         .journal_max_bytes = st.max_bytes,
         .last_seq = last,
+        .http_streams = http_streams(atomic_load(&g->http)),
     };
     return metrics_render(&gauges, len);
 }

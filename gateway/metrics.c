@@ -236,10 +236,13 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         "race2mqtt_journal_max_bytes %llu\n"
         "# HELP race2mqtt_last_seq Sequence number of the last journaled event.\n"
         "# TYPE race2mqtt_last_seq gauge\n"
-        "race2mqtt_last_seq %llu\n",
+        "race2mqtt_last_seq %llu\n"
+        "# HELP race2mqtt_http_streams Live page streams (GET /events) open now.\n"
+        "# TYPE race2mqtt_http_streams gauge\n"
+        "race2mqtt_http_streams %d\n",
         g->broker_connected, (unsigned long long)g->mqtt_reconnects, g->mqtt_stalled,
         (unsigned long long)g->queue_depth, (unsigned long long)g->journal_bytes,
-        (unsigned long long)g->journal_max_bytes, (unsigned long long)g->last_seq);
+        (unsigned long long)g->journal_max_bytes, (unsigned long long)g->last_seq, g->http_streams);
 
     if (t.oom) {
         free(t.buf);

@@ -312,6 +312,16 @@ void sse_close_all(struct sse *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+int sse_streams(struct sse *s)
+{
+    if (!s)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    int n = s->nstreams;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
 void sse_free(struct sse *s)
 {
     if (!s)

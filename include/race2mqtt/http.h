@@ -38,6 +38,9 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in, s
 /* The journal committed (ok) or dropped (!ok) seqs first..last. Any thread. */
 void http_committed(struct http *h, uint64_t first, uint64_t last, bool ok);
 
+/* Live page streams open now; 0 for NULL. Any thread. */
+int http_streams(struct http *h);
+
 /* The port actually bound (useful with port 0). */
 int http_port(const struct http *h);
 

@@ -48,6 +48,7 @@ struct metrics_gauges {
     uint64_t journal_bytes;
     uint64_t journal_max_bytes;
     uint64_t last_seq;
+    int http_streams; /* live page streams open (GET /events) */
 };
 
 /* Renders everything as Prometheus text; caller frees. NULL on no memory. */

@@ -51,6 +51,9 @@ void sse_stamp(struct json_object *state);
  * with suspended connections. New streams are refused from now on. */
 void sse_close_all(struct sse *s);
 
+/* Streams open now; 0 for NULL. Any thread. */
+int sse_streams(struct sse *s);
+
 /* Stops the thread (after sse_close_all()) and frees. Safe with NULL. */
 void sse_free(struct sse *s);
 

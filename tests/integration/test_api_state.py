@@ -246,6 +246,7 @@ class ApiStateTests(harness.IntegrationCase):
             self.assertEqual(name, "state")
             self.assertEqual(first["api"], 1)
             self.assertIn("race", first)
+        self.assertEqual(harness.metric(gw, "race2mqtt_http_streams"), 2)
         r = gw.request("GET", "/events")
         self.assertEqual(r.status, 503, r)
         self.assertIn("max_streams", json.loads(r.body)["error"])
