@@ -213,6 +213,10 @@ static const struct key keys[] = {
      .min = 1, .max = 3600, .help = "a connection that sends nothing for this long is closed"},
     {.section = "http", .name = "threads", .type = KEY_INT, AT(http.threads), .def = "2",
      .min = 1, .max = 64, .help = "HTTP worker threads"},
+    {.section = "http", .name = "max_streams", .type = KEY_INT, AT(http.max_streams), .def = "8",
+     .min = 0, .max = 1000,
+     .help = "live page streams (GET /events) open at once; more get 503 and the page polls; "
+             "each holds a connection, so it must stay well below max_connections"},
 
     {.section = "smartrace", .name = "enabled", .type = KEY_BOOL, AT(smartrace.enabled),
      .def = "true", .help = "accept SmartRace webhooks"},
@@ -222,6 +226,13 @@ static const struct key keys[] = {
     {.section = "smartrace", .name = "qos", .type = KEY_INT, AT(smartrace.qos), .def = "1",
      .min = 0, .max = 2, .check = check_qos,
      .help = "QoS of event topics: 1 or 2 (0 could lose events already answered 200)"},
+    {.section = "smartrace", .name = "keep_events", .type = KEY_INT, AT(smartrace.keep_events),
+     .def = "20", .min = 0, .max = 1000,
+     .help = "last accepted raw events kept in memory for GET /api/events (at most 1 MiB); "
+             "0 = none"},
+    {.section = "smartrace", .name = "record", .type = KEY_STRING, AT(smartrace.record),
+     .help = "append every accepted event with its arrival time to this file (JSON lines that "
+             "race2mqtt-replay plays back); empty = off"},
 
     {.section = "raceresult", .name = "enabled", .type = KEY_AUTO_BOOL, AT(raceresult.enabled),
      .def = "auto", .help = "poll the RACE RESULT API: true, false, or auto = when api_key is set"},
@@ -321,6 +332,10 @@ static const char *check_mqtt_url(void *field)
         return "must start with mqtt:// or mqtts://";
     if (*host == '\0' || *host == ':' || *host == '/')
         return "has no host name";
+    /* paho would take user:password@ as part of the host and the URL is
+     * logged and shown on the page: credentials have their own keys. */
+    if (memchr(host, '@', strcspn(host, "/")))
+        return "must not contain user:password@; use mqtt.username and mqtt.password";
     return NULL;
 }
 
@@ -1037,6 +1052,19 @@ static int config_validate(struct loader *l)
         cfg->homeassistant.node_id = strdup(n ? id : "race2mqtt");
         if (!cfg->homeassistant.node_id) {
             fail_key(l, key_find("homeassistant", "node_id"), "out of memory");
+            return -1;
+        }
+    }
+
+    /* Streams wait on open connections: half the slots stay for SmartRace. */
+    if (cfg->http.max_streams > cfg->http.max_connections / 2) {
+        /* The default follows a small max_connections; only an explicit
+         * max_streams that leaves SmartRace too few slots is an error. */
+        const struct key *k = key_find("http", "max_streams");
+        if (!l->origin[k - keys].line && !l->origin[k - keys].env) {
+            cfg->http.max_streams = cfg->http.max_connections / 2;
+        } else {
+            fail_key(l, k, "http.max_streams must be at most half of http.max_connections");
             return -1;
         }
     }

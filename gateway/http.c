@@ -2,8 +2,10 @@
  * http.c - the SmartRace webhook server on libmicrohttpd.
  *
  * Routing (SPEC section 5): OPTIONS anywhere is a CORS preflight; GET serves
- * /, /healthz, /readyz and /metrics; POST anywhere else is a SmartRace event;
- * every other method is 405. Every answer carries Access-Control-Allow-Origin
+ * the live page (/, /api/state, /api/events, /events: behind http.token when
+ * one is set) and /healthz, /readyz, /metrics (never behind it: monitoring
+ * must not need a secret); POST anywhere else is a SmartRace event; every
+ * other method is 405. Every answer carries Access-Control-Allow-Origin
  * because SmartRace runs in a webview that enforces CORS on the answer too.
  *
  * An event is answered 200 only once the journal has it on disk. The handler
@@ -11,6 +13,10 @@
  * calls http_committed(), which resumes every connection whose seq it covers,
  * and libmicrohttpd then calls the handler again to send the answer. Workers
  * therefore never sleep on fsync, and many requests share one fsync.
+ *
+ * Everything refused on the POST path, and every preflight, is told to the
+ * board with the sender's address, so the page can answer "does the tablet
+ * reach us, is CORS in the way, is the token wrong?".
  *
  * Bounds: connection limit and per-connection timeout (slow and idle clients),
  * body limit checked against Content-Length before reading and again while
@@ -31,16 +37,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "race2mqtt/board.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/ingest.h"
 #include "race2mqtt/log.h"
 #include "race2mqtt/metrics.h"
+#include "race2mqtt/page.h"
+#include "race2mqtt/sse.h"
 
 #define DETAIL_MAX 256
 #define FAILED_RANGES 16
 #define ALLOWED_METHODS "POST, GET, OPTIONS"
 #define DEFAULT_ALLOW_HEADERS "Content-Type, Authorization"
 #define PREFLIGHT_MAX_AGE "86400"
+#define ADDR_MAX 64
+#define JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 /* One POSTed event from first byte to answer. */
 struct request {
@@ -48,7 +59,7 @@ struct request {
     size_t len, cap;
     bool too_large;
     bool submitted;
-    int status;      /* 200 or 503 once answered */
+    int status; /* 200 or 503 once answered */
     uint64_t seq;
     struct MHD_Connection *conn;
     struct request *next; /* in http->waiting while suspended */
@@ -57,6 +68,8 @@ struct request {
 struct http {
     const struct config *cfg;
     struct ingest *in;
+    struct board *board;
+    struct sse *sse; /* NULL when http.max_streams is 0 */
     struct http_hooks hooks;
     struct MHD_Daemon *daemon;
     MHD_socket listen_fd;
@@ -65,7 +78,7 @@ struct http {
     pthread_mutex_t lock; /* protects what follows */
     pthread_cond_t idle;  /* signalled when `waiting` empties */
     struct request *waiting;
-    uint64_t done_upto;   /* every seq <= this has its commit verdict */
+    uint64_t done_upto; /* every seq <= this has its commit verdict */
     struct {
         uint64_t first, last;
     } failed[FAILED_RANGES]; /* recent failed commits (rare: disk full) */
@@ -103,6 +116,41 @@ static enum MHD_Result queue(struct http *h, struct MHD_Connection *conn, int st
     return r;
 }
 
+/* A json-c object as the answer (put here). */
+static enum MHD_Result queue_object(struct http *h, struct MHD_Connection *conn,
+                                    struct json_object *o)
+{
+    size_t len;
+    const char *s = o ? json_object_to_json_string_length(o, JSON_FLAGS, &len) : NULL;
+    enum MHD_Result r = s ? queue(h, conn, MHD_HTTP_OK, "application/json", s, len)
+                          : queue(h, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "application/json",
+                                  "{\"status\":\"error\",\"error\":\"out of memory\"}", 44);
+    json_object_put(o);
+    return r;
+}
+
+/* The peer's address as text, "" when unknown. */
+static void client_addr(struct MHD_Connection *conn, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa)
+        return;
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)cap);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+        /* An IPv4 client on a dual-stack socket: show the address it knows. */
+        if (IN6_IS_ADDR_V4MAPPED(a6))
+            inet_ntop(AF_INET, &a6->s6_addr[12], out, (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, a6, out, (socklen_t)cap);
+    }
+}
+
 /* {"status": status_word, key: text}; text is escaped by json-c. */
 static enum MHD_Result queue_json(struct http *h, struct MHD_Connection *conn, int status,
                                   const char *status_word, const char *key, const char *text)
@@ -124,6 +172,17 @@ static enum MHD_Result queue_error(struct http *h, struct MHD_Connection *conn, 
     return queue_json(h, conn, status, "error", "error", reason);
 }
 
+/* An event refused: counted, shown on the page with its sender, answered. */
+static enum MHD_Result refuse(struct http *h, struct MHD_Connection *conn, int status,
+                              enum metrics_counter counter, const char *reason)
+{
+    char from[ADDR_MAX];
+    client_addr(conn, from, sizeof from);
+    metrics_inc(counter);
+    board_refused(h->board, from, status, reason);
+    return queue_error(h, conn, status, reason);
+}
+
 /* Request headers echoed into Allow-Headers must look like a header list. */
 static bool header_list_ok(const char *s)
 {
@@ -140,8 +199,8 @@ static enum MHD_Result preflight(struct http *h, struct MHD_Connection *conn)
         return MHD_NO;
     const char *req_headers = MHD_lookup_connection_value(
         conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCESS_CONTROL_REQUEST_HEADERS);
-    const char *pna =
-        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Private-Network");
+    const char *pna = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                  "Access-Control-Request-Private-Network");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN,
                             h->cfg->http.cors_origin);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
@@ -155,6 +214,11 @@ static enum MHD_Result preflight(struct http *h, struct MHD_Connection *conn)
         MHD_add_response_header(resp, "Access-Control-Allow-Private-Network", "true");
     if (strcmp(h->cfg->http.cors_origin, "*") != 0)
         MHD_add_response_header(resp, "Vary", "Origin");
+    char from[ADDR_MAX];
+    client_addr(conn, from, sizeof from);
+    board_preflight(h->board, from,
+                    MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN),
+                    pna && strcasecmp(pna, "true") == 0);
     enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_NO_CONTENT, resp);
     MHD_destroy_response(resp);
     metrics_http_status(MHD_HTTP_NO_CONTENT);
@@ -171,17 +235,22 @@ static bool token_equal(const char *given, const char *want)
     return diff == 0;
 }
 
-static bool authorized(struct http *h, struct MHD_Connection *conn)
+/* NULL when the request may pass, else why not ("missing" and "wrong" are
+ * told apart: they are different mistakes in SmartRace's settings). */
+static const char *unauthorized(struct http *h, struct MHD_Connection *conn)
 {
     const char *want = h->cfg->http.token;
     if (!want)
-        return true;
+        return NULL;
     const char *q = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "token");
-    if (q && token_equal(q, want))
-        return true;
     const char *auth =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    return auth && strncasecmp(auth, "Bearer ", 7) == 0 && token_equal(auth + 7, want);
+    bool bearer = auth && strncasecmp(auth, "Bearer ", 7) == 0;
+    if ((q && token_equal(q, want)) || (bearer && token_equal(auth + 7, want)))
+        return NULL;
+    if (!q && !bearer)
+        return "missing token: add ?token=... to the URL or send Authorization: Bearer ...";
+    return "wrong token: the ?token=... (or Bearer) given is not http.token";
 }
 
 struct clen_check {
@@ -203,21 +272,91 @@ static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, 
     return MHD_YES;
 }
 
+/* Paths that only answer GET: a POST there is a mistake, not an event. */
 static bool is_reserved(const char *url)
 {
     return strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
-           strcmp(url, "/metrics") == 0;
+           strcmp(url, "/metrics") == 0 || strcmp(url, "/api/state") == 0 ||
+           strcmp(url, "/api/events") == 0 || strcmp(url, "/events") == 0 ||
+           strcmp(url, "/index.html") == 0;
 }
 
-/* The Host header, if it is a plain host[:port] safe to put into HTML. */
-static const char *safe_host(struct MHD_Connection *conn)
+/* 200 with resp (consumed), which must never come from a cache: a new
+ * gateway version brings a new page, and a stream is live by nature. */
+static enum MHD_Result queue_live(struct http *h, struct MHD_Connection *conn,
+                                  struct MHD_Response *resp, const char *type)
 {
-    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
-    if (!host || strlen(host) > 255 ||
-        strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") !=
-            strlen(host))
-        return NULL;
-    return host;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN,
+                            h->cfg->http.cors_origin);
+    enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    metrics_http_status(MHD_HTTP_OK);
+    return r;
+}
+
+static enum MHD_Result queue_page(struct http *h, struct MHD_Connection *conn)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        page_html_len, (void *)(uintptr_t)page_html, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    return queue_live(h, conn, resp, "text/html; charset=utf-8");
+}
+
+/* ?limit=N of /api/events: 1..smartrace.keep_events, default all kept. */
+static size_t event_limit(struct http *h, struct MHD_Connection *conn)
+{
+    size_t keep = (size_t)h->cfg->smartrace.keep_events;
+    const char *q = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+    if (!q || !*q)
+        return keep;
+    char *end;
+    unsigned long long n = strtoull(q, &end, 10);
+    return *end == '\0' && n < keep ? (size_t)n : keep;
+}
+
+static enum MHD_Result open_stream(struct http *h, struct MHD_Connection *conn)
+{
+    struct MHD_Response *resp = h->sse && !h->stopping ? sse_open(h->sse, conn) : NULL;
+    if (!resp) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "too many live streams (http.max_streams = %d are open): poll /api/state",
+                 h->cfg->http.max_streams);
+        return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, why);
+    }
+    /* A reverse proxy must pass frames on as they come, not buffer them. */
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    return queue_live(h, conn, resp, "text/event-stream");
+}
+
+/* The live page and its data; behind the token when one is set. */
+static enum MHD_Result serve_page(struct http *h, struct MHD_Connection *conn, const char *url)
+{
+    bool page = strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0;
+    bool known = page || strcmp(url, "/api/state") == 0 || strcmp(url, "/api/events") == 0 ||
+                 strcmp(url, "/events") == 0;
+    if (!known)
+        return queue_error(h, conn, MHD_HTTP_NOT_FOUND,
+                           "not found: GET serves /, /api/state, /api/events, /events, "
+                           "/healthz, /readyz and /metrics; POST SmartRace events to any "
+                           "other path");
+    const char *why = unauthorized(h, conn);
+    if (why)
+        return queue_error(h, conn, MHD_HTTP_UNAUTHORIZED, why);
+    if (page)
+        return queue_page(h, conn);
+    if (strcmp(url, "/api/state") == 0) {
+        struct json_object *o = h->hooks.state ? h->hooks.state(h->hooks.ctx) : NULL;
+        if (o)
+            sse_stamp(o);
+        return queue_object(h, conn, o);
+    }
+    if (strcmp(url, "/api/events") == 0)
+        return queue_object(h, conn, board_events_json(h->board, event_limit(h, conn)));
+    return open_stream(h, conn);
 }
 
 static enum MHD_Result serve_get(struct http *h, struct MHD_Connection *conn, const char *url)
@@ -239,32 +378,7 @@ static enum MHD_Result serve_get(struct http *h, struct MHD_Connection *conn, co
         free(text);
         return r;
     }
-    if (strcmp(url, "/") == 0) {
-        /* The Host header is the address this client reached us by: the best
-         * guess for the URL the user should type into SmartRace. */
-        const char *host = safe_host(conn);
-        char where[300];
-        if (host)
-            snprintf(where, sizeof where, "%s", host);
-        else
-            snprintf(where, sizeof where, "&lt;this machine&gt;:%d", h->port);
-        char page[2048];
-        int n = snprintf(page, sizeof page,
-                         "<!doctype html><html><head><meta charset=\"utf-8\"><title>race2mqtt"
-                         "</title></head><body><h1>race2mqtt is running</h1>"
-                         "<p>In SmartRace, Settings &rarr; Data interface, enter this URL:</p>"
-                         "<pre>http://%s/%s</pre><p>MQTT broker: <b>%s</b></p>"
-                         "<p><a href=\"/healthz\">/healthz</a> &middot; "
-                         "<a href=\"/readyz\">/readyz</a> &middot; "
-                         "<a href=\"/metrics\">/metrics</a></p></body></html>\n",
-                         where, h->cfg->http.token ? "?token=&lt;your token&gt;" : "",
-                         ready ? "connected" : "disconnected");
-        return queue(h, conn, MHD_HTTP_OK, "text/html; charset=utf-8", page,
-                     n > 0 && (size_t)n < sizeof page ? (size_t)n : strlen(page));
-    }
-    return queue_error(h, conn, MHD_HTTP_NOT_FOUND,
-                       "not found: GET serves /, /healthz, /readyz and /metrics; "
-                       "POST SmartRace events to any other path");
+    return serve_page(h, conn, url);
 }
 
 /* Has the journal already ruled on seq? Called with h->lock held. */
@@ -288,20 +402,18 @@ static enum MHD_Result answer(struct http *h, struct MHD_Connection *conn, struc
                          (unsigned long long)r->seq);
         return queue(h, conn, MHD_HTTP_OK, "application/json", body, (size_t)n);
     }
-    metrics_inc(METRIC_EVENTS_REFUSED);
-    return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-                       h->stopping ? "shutting down before the event was stored"
-                                   : "the journal could not store the event");
+    return refuse(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, METRIC_EVENTS_REFUSED,
+                  h->stopping ? "shutting down before the event was stored"
+                              : "the journal could not store the event");
 }
 
 /* The body is complete: journal it and wait for the commit without blocking. */
 static enum MHD_Result submit(struct http *h, struct MHD_Connection *conn, struct request *r)
 {
     r->submitted = true;
-    if (r->too_large) {
-        metrics_inc(METRIC_EVENTS_REJECTED);
-        return queue_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than http.max_body");
-    }
+    if (r->too_large)
+        return refuse(h, conn, MHD_HTTP_CONTENT_TOO_LARGE, METRIC_EVENTS_REJECTED,
+                      "body larger than http.max_body");
     char detail[DETAIL_MAX] = "";
     enum ingest_result res =
         ingest_event(h->in, r->body ? r->body : "", r->len, &r->seq, detail, sizeof detail);
@@ -311,15 +423,16 @@ static enum MHD_Result submit(struct http *h, struct MHD_Connection *conn, struc
     case INGEST_OK:
         break;
     case INGEST_INVALID:
-        metrics_inc(METRIC_EVENTS_REJECTED);
-        return queue_error(h, conn, MHD_HTTP_BAD_REQUEST, detail);
+        return refuse(h, conn, MHD_HTTP_BAD_REQUEST, METRIC_EVENTS_REJECTED, detail);
     case INGEST_FULL:
     case INGEST_ERROR:
     default:
         /* ingest and the journal log the episode once; not every refusal. */
-        metrics_inc(METRIC_EVENTS_REFUSED);
-        return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, detail);
+        return refuse(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, METRIC_EVENTS_REFUSED, detail);
     }
+    char from[ADDR_MAX];
+    client_addr(conn, from, sizeof from);
+    board_from(h->board, r->seq, from);
 
     pthread_mutex_lock(&h->lock);
     bool decided = verdict_locked(h, r->seq, &r->status);
@@ -336,9 +449,8 @@ static enum MHD_Result submit(struct http *h, struct MHD_Connection *conn, struc
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct http *h = cls;
     struct request *r = *con_cls;
@@ -383,32 +495,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return queue_error(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
                            "method not allowed: POST events, GET status, OPTIONS preflight");
     if (is_reserved(url))
-        return queue_error(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
-                           "method not allowed: this path only answers GET");
-    if (!authorized(h, conn)) {
-        metrics_inc(METRIC_EVENTS_REJECTED);
-        return queue_error(h, conn, MHD_HTTP_UNAUTHORIZED,
-                           "missing or wrong token: add ?token=... to the URL or send "
-                           "Authorization: Bearer ...");
-    }
+        return refuse(h, conn, MHD_HTTP_METHOD_NOT_ALLOWED, METRIC_EVENTS_REJECTED,
+                      "method not allowed: this path only answers GET");
+    const char *why = unauthorized(h, conn);
+    if (why)
+        return refuse(h, conn, MHD_HTTP_UNAUTHORIZED, METRIC_EVENTS_REJECTED, why);
     /* Two Content-Length headers that disagree make the body's end ambiguous
      * (request smuggling behind a proxy): refuse (RFC 9112, 6.3). */
     struct clen_check cc = {0};
     MHD_get_connection_values(conn, MHD_HEADER_KIND, count_content_length, &cc);
-    if (cc.conflict) {
-        metrics_inc(METRIC_EVENTS_REJECTED);
-        return queue_error(h, conn, MHD_HTTP_BAD_REQUEST, "conflicting Content-Length headers");
-    }
+    if (cc.conflict)
+        return refuse(h, conn, MHD_HTTP_BAD_REQUEST, METRIC_EVENTS_REJECTED,
+                      "conflicting Content-Length headers");
     const char *clen =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (clen) {
         char *end;
         unsigned long long n = strtoull(clen, &end, 10);
-        if (*end == '\0' && n > (unsigned long long)h->cfg->http.max_body) {
-            metrics_inc(METRIC_EVENTS_REJECTED);
-            return queue_error(h, conn, MHD_HTTP_CONTENT_TOO_LARGE,
-                               "body larger than http.max_body");
-        }
+        if (*end == '\0' && n > (unsigned long long)h->cfg->http.max_body)
+            return refuse(h, conn, MHD_HTTP_CONTENT_TOO_LARGE, METRIC_EVENTS_REJECTED,
+                          "body larger than http.max_body");
     }
     if (h->stopping)
         return queue_error(h, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
@@ -470,7 +576,7 @@ void http_committed(struct http *h, uint64_t first, uint64_t last, bool ok)
     pthread_mutex_unlock(&h->lock);
 }
 
-int http_start(struct http **out, const struct config *cfg, struct ingest *in,
+int http_start(struct http **out, const struct config *cfg, struct ingest *in, struct board *board,
                const struct http_hooks *hooks, char *err, size_t errlen)
 {
     *out = NULL;
@@ -481,13 +587,15 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in,
     }
     h->cfg = cfg;
     h->in = in;
+    h->board = board;
     h->hooks = *hooks;
     h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->idle, NULL);
 
     struct sockaddr_storage ss = {0};
-    unsigned int flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    unsigned int flags =
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, cfg->http.bind, &sin->sin_addr) == 1) {
@@ -501,16 +609,26 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in,
         snprintf(err, errlen, "http.bind: not an IPv4 or IPv6 address: '%s'", cfg->http.bind);
         goto fail;
     }
+    if (cfg->http.max_streams > 0 && hooks->state) {
+        struct sse_hooks sh = {.render = hooks->state, .ctx = hooks->ctx};
+        h->sse = sse_new(cfg->http.max_streams, &sh);
+        if (!h->sse) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        if (sse_start(h->sse, err, errlen) != 0)
+            goto fail;
+    }
 
     /* The logger goes first: libmicrohttpd logs with its own until it is set. */
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->http.port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-        log_mhd, h, MHD_OPTION_SOCK_ADDR, &ss,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->http.max_connections_per_ip,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->http.timeout_s,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http.threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+        log_mhd, h, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->http.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)cfg->http.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->http.timeout_s, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)cfg->http.threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, errlen, "http: cannot listen on %s:%d (in use, or not an address here?)",
                  cfg->http.bind, cfg->http.port);
@@ -521,6 +639,7 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in,
     *out = h;
     return 0;
 fail:
+    sse_free(h->sse);
     pthread_cond_destroy(&h->idle);
     pthread_mutex_destroy(&h->lock);
     free(h);
@@ -559,6 +678,8 @@ void http_stop(struct http *h, int timeout_ms)
         }
         h->waiting = NULL;
         pthread_mutex_unlock(&h->lock);
+        /* Live streams are suspended connections too: end them. */
+        sse_close_all(h->sse);
         MHD_stop_daemon(h->daemon);
         h->daemon = NULL;
         if (h->listen_fd != MHD_INVALID_SOCKET)
@@ -572,6 +693,7 @@ void http_free(struct http *h)
     if (!h)
         return;
     http_stop(h, 0);
+    sse_free(h->sse);
     pthread_cond_destroy(&h->idle);
     pthread_mutex_destroy(&h->lock);
     free(h);

@@ -38,10 +38,10 @@ struct ingest {
     struct journal *j;
     struct ingest_tap tap;
     pthread_mutex_t lock;
-    struct state *st;      /* under lock */
-    bool full;             /* under lock: refusing because the journal is full */
+    struct state *st;           /* under lock */
+    bool full;                  /* under lock: refusing because the journal is full */
     _Atomic uint64_t saved_seq; /* seq covered by the snapshot on disk */
-    char path[PATH_MAX];   /* <store.dir>/state.json */
+    char path[PATH_MAX];        /* <store.dir>/state.json */
     char tmp[PATH_MAX];
 
     /* The snapshot writer. */
@@ -52,8 +52,7 @@ struct ingest {
     bool saver_stop;
 };
 
-struct ingest *ingest_new(const struct config *cfg, struct journal *j,
-                          const struct ingest_tap *tap)
+struct ingest *ingest_new(const struct config *cfg, struct journal *j, const struct ingest_tap *tap)
 {
     struct ingest *in = calloc(1, sizeof *in);
     if (!in)
@@ -256,6 +255,14 @@ bool ingest_state_dirty(struct ingest *in)
     return dirty;
 }
 
+struct json_object *ingest_view(struct ingest *in)
+{
+    pthread_mutex_lock(&in->lock);
+    struct json_object *o = state_view(in->st);
+    pthread_mutex_unlock(&in->lock);
+    return o;
+}
+
 void ingest_controllers(struct ingest *in, state_controller_fn fn, void *ctx)
 {
     pthread_mutex_lock(&in->lock);
@@ -319,8 +326,8 @@ static void *saver_main(void *arg)
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += SNAPSHOT_INTERVAL_S;
-        while (!in->saver_stop && pthread_cond_timedwait(&in->saver_cond, &in->saver_lock,
-                                                         &until) == 0)
+        while (!in->saver_stop &&
+               pthread_cond_timedwait(&in->saver_cond, &in->saver_lock, &until) == 0)
             ;
         pthread_mutex_unlock(&in->saver_lock);
         save_state(in);

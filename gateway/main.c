@@ -12,6 +12,7 @@
  *   REST API --rest--> rrpoll --QoS 1--> broker --PUBACK--> cursor on disk
  *   broker --<base>/<dev>/cmd--> cmdworker --rest--> cmd endpoint --> response
  *   race state + device list --> hass --> <prefix>/device/<node>/.../config
+ *   accepted events, refusals, devices --> board --> GET /, /api/state, /events
  *
  * Shutdown runs the exact reverse: stop accepting, drain to the broker within
  * store.flush_timeout_ms, say "offline", close the journal (which keeps the
@@ -32,9 +33,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <json-c/json.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "race2mqtt/board.h"
 #include "race2mqtt/cmdworker.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/hass.h"
@@ -64,7 +68,10 @@ struct gateway {
     struct rrpoll *rrpoll;
     struct cmdworker *cmdworker;
     struct hass *hass;
+    struct board *board;
     struct http *_Atomic http;
+    uint64_t started_ms;
+    char lan_url[128]; /* what to type into SmartRace */
 };
 
 static void usage(FILE *out)
@@ -72,8 +79,7 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: race2mqtt [-c FILE] [-v] [--check-config]\n"
             "Bridges SmartRace webhooks and RACE RESULT decoders to an MQTT broker.\n\n"
-            "  -c, --config FILE   configuration file (default: " DEFAULT_CONFIG
-            " if it exists)\n"
+            "  -c, --config FILE   configuration file (default: " DEFAULT_CONFIG " if it exists)\n"
             "  -v, --verbose       log at debug level\n"
             "      --check-config  validate, print the effective configuration (secrets\n"
             "                      masked) and exit\n"
@@ -140,12 +146,49 @@ static void decoder_seen(void *ctx, const struct rr_device *d)
         .records = d->records,
     };
     hass_decoder_seen(g->hass, &hd);
+    struct board_device bd = {
+        .level = d->level,
+        .name = d->name,
+        .type = hd.model,
+        .connected = d->connected,
+        .has_file = d->has_file_no,
+        .has_records = d->has_records,
+        .file = d->file_no,
+        .records = d->records,
+    };
+    board_rr_device(g->board, &bd);
 }
 
 static void decoders_listed(void *ctx)
 {
     struct gateway *g = ctx;
     hass_decoders_listed(g->hass);
+    board_rr_listed(g->board);
+}
+
+static void decoder_status(void *ctx, const char *level, const char *payload, size_t len)
+{
+    struct gateway *g = ctx;
+    board_rr_status(g->board, level, payload, len);
+}
+
+static void decoder_passing(void *ctx, const char *level, const char *payload, size_t len)
+{
+    struct gateway *g = ctx;
+    board_rr_passing(g->board, level, payload, len);
+}
+
+static void decoder_api(void *ctx, bool ok, const char *error)
+{
+    struct gateway *g = ctx;
+    board_rr_api(g->board, ok, error);
+}
+
+/* ingest, under its lock, in seq order: only hand-offs here. */
+static void event_accepted(void *ctx, const struct ingest_accepted *a)
+{
+    struct gateway *g = ctx;
+    board_accepted(g->board, a);
 }
 
 static void mqtt_lost(void *ctx, const char *cause)
@@ -202,6 +245,67 @@ static char *render_metrics(void *ctx, size_t *len)
         .last_seq = last,
     };
     return metrics_render(&gauges, len);
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void add(json_object *o, const char *key, json_object *v)
+{
+    json_object_object_add(o, key, v);
+}
+
+/* GET /api/state and each /events frame, without now_ms (see
+ * doc/api-state.md). Any HTTP worker and the stream thread. */
+static json_object *render_state(void *ctx)
+{
+    struct gateway *g = ctx;
+    json_object *o = json_object_new_object();
+    add(o, "api", json_object_new_int(1));
+
+    json_object *gw = json_object_new_object();
+    add(gw, "version", json_object_new_string(RACE2MQTT_VERSION));
+    add(gw, "started_ms", json_object_new_int64((int64_t)g->started_ms));
+    add(gw, "node_id", json_object_new_string(g->cfg.homeassistant.node_id));
+    add(o, "gateway", gw);
+
+    struct journal_stats st;
+    journal_get_stats(g->journal, &st);
+    uint64_t last = st.next_seq > 0 ? st.next_seq - 1 : 0;
+    uint64_t acked = publisher_acked(g->publisher);
+    uint64_t since = mqtt_connected_since_ms(g->mqtt);
+    json_object *b = json_object_new_object();
+    /* config refuses user info in the URL: nothing secret in it. */
+    add(b, "url", json_object_new_string(g->cfg.mqtt.url));
+    add(b, "connected", json_object_new_boolean(since != 0));
+    add(b, "connected_since_ms", since ? json_object_new_int64((int64_t)since) : NULL);
+    add(b, "reconnects", json_object_new_int64((int64_t)mqtt_reconnects(g->mqtt)));
+    add(b, "stalled", json_object_new_boolean(mqtt_stalled(g->mqtt)));
+    add(b, "queue_depth", json_object_new_int64((int64_t)(last > acked ? last - acked : 0)));
+    add(b, "journal_bytes", json_object_new_int64((int64_t)st.bytes));
+    add(b, "journal_max_bytes", json_object_new_int64((int64_t)st.max_bytes));
+    add(o, "broker", b);
+
+    json_object *sr = board_smartrace_json(g->board);
+    if (!sr)
+        sr = json_object_new_object();
+    add(sr, "enabled", json_object_new_boolean(g->cfg.smartrace.enabled));
+    add(sr, "url", json_object_new_string(g->lan_url));
+    add(sr, "token_required", json_object_new_boolean(g->cfg.http.token != NULL));
+    add(sr, "cors_origin", json_object_new_string(g->cfg.http.cors_origin));
+    add(o, "smartrace", sr);
+    add(o, "race", ingest_view(g->ingest));
+
+    json_object *rr = board_raceresult_json(g->board);
+    if (!rr)
+        rr = json_object_new_object();
+    add(rr, "enabled", json_object_new_boolean(g->cfg.raceresult.enabled == 1));
+    add(o, "raceresult", rr);
+    return o;
 }
 
 /* mkdir -p for the state directory. */
@@ -298,7 +402,10 @@ static int run(struct gateway *g, const sigset_t *signals)
     if (journal_open(&g->journal, &jopt, err, sizeof err) != 0)
         goto out;
 
-    g->ingest = ingest_new(&g->cfg, g->journal, NULL);
+    g->started_ms = wall_ms();
+    g->board = board_new(g->cfg.smartrace.keep_events);
+    struct ingest_tap tap = {.accepted = event_accepted, .ctx = g};
+    g->ingest = g->board ? ingest_new(&g->cfg, g->journal, &tap) : NULL;
     if (!g->ingest) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
@@ -322,7 +429,14 @@ static int run(struct gateway *g, const sigset_t *signals)
             .max_body = (size_t)g->cfg.raceresult.max_response,
         };
         g->rest_auth = rest_auth_new(&ropt);
-        struct rrpoll_observer obs = {.device = decoder_seen, .listed = decoders_listed, .ctx = g};
+        struct rrpoll_observer obs = {
+            .device = decoder_seen,
+            .listed = decoders_listed,
+            .status = decoder_status,
+            .passing = decoder_passing,
+            .api = decoder_api,
+            .ctx = g,
+        };
         g->rrpoll = g->rest_auth ? rrpoll_new(&g->cfg, g->rest_auth, &obs) : NULL;
         g->cmdworker = g->rest_auth ? cmdworker_new(&g->cfg, g->rest_auth) : NULL;
         if (!g->rrpoll || !g->cmdworker) {
@@ -330,11 +444,11 @@ static int run(struct gateway *g, const sigset_t *signals)
             goto out;
         }
     }
-    char addr[64], url[128];
+    char addr[64];
     lan_address(&g->cfg, addr, sizeof addr);
-    snprintf(url, sizeof url, "http://%s:%d/", addr, g->cfg.http.port);
+    snprintf(g->lan_url, sizeof g->lan_url, "http://%s:%d/", addr, g->cfg.http.port);
     struct hass_hooks hh = {.republish = republish_retained, .ctx = g};
-    g->hass = hass_new(&g->cfg, g->ingest, &hh, g->cfg.smartrace.enabled ? url : NULL);
+    g->hass = hass_new(&g->cfg, g->ingest, &hh, g->cfg.smartrace.enabled ? g->lan_url : NULL);
     if (!g->hass) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
@@ -356,9 +470,14 @@ static int run(struct gateway *g, const sigset_t *signals)
         goto out;
 
     if (g->cfg.smartrace.enabled) {
-        struct http_hooks hooks = {.ready = broker_ready, .metrics = render_metrics, .ctx = g};
+        struct http_hooks hooks = {
+            .ready = broker_ready,
+            .metrics = render_metrics,
+            .state = render_state,
+            .ctx = g,
+        };
         struct http *h;
-        if (http_start(&h, &g->cfg, g->ingest, &hooks, err, sizeof err) != 0)
+        if (http_start(&h, &g->cfg, g->ingest, g->board, &hooks, err, sizeof err) != 0)
             goto out;
         atomic_store(&g->http, h);
     }
@@ -392,6 +511,7 @@ out:
     publisher_free(g->publisher);
     mqtt_free(g->mqtt);
     ingest_free(g->ingest);
+    board_free(g->board);
     if (status == 0)
         log_info("stopped cleanly");
     return status;

@@ -127,6 +127,7 @@ struct mqtt {
 
     _Atomic bool connected;
     _Atomic bool ever_connected;
+    _Atomic uint64_t connected_since_ms; /* wall clock of the last connect, for the page */
     _Atomic uint64_t connects;
     _Atomic bool stalled;
     _Atomic uint64_t stalled_since_ms;
@@ -213,6 +214,10 @@ static void on_connected(void *context, char *cause)
     }
     bool again = atomic_exchange(&m->ever_connected, true);
     atomic_store(&c->up, true);
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    atomic_store(&m->connected_since_ms,
+                 (uint64_t)wall.tv_sec * 1000 + (uint64_t)wall.tv_nsec / 1000000);
     atomic_store(&m->connected, true);
     atomic_fetch_add(&m->connects, 1);
     log_info("mqtt: connected to %s%s%s", m->uri, again ? " again" : "",
@@ -898,6 +903,11 @@ uint64_t mqtt_reconnects(struct mqtt *m)
 {
     uint64_t n = atomic_load(&m->connects);
     return n > 0 ? n - 1 : 0;
+}
+
+uint64_t mqtt_connected_since_ms(struct mqtt *m)
+{
+    return atomic_load(&m->connected) ? atomic_load(&m->connected_since_ms) : 0;
 }
 
 bool mqtt_stalled(struct mqtt *m)

@@ -48,23 +48,23 @@
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 60000
 #define PAGE_ACK_TIMEOUT_MS 30000
-#define PAGES_PER_ROUND 20    /* then status gets its turn again */
-#define MAX_DEVICES 10000     /* a bound on what an API answer can make us track */
-#define BEHIND_RECHECK_S 5    /* counters say more than the API gave: ask again this soon */
+#define PAGES_PER_ROUND 20 /* then status gets its turn again */
+#define MAX_DEVICES 10000  /* a bound on what an API answer can make us track */
+#define BEHIND_RECHECK_S 5 /* counters say more than the API gave: ask again this soon */
 #define ERR_MAX 512
 
 struct device {
     char id[RR_ID_MAX + 1];
     char level[TOPIC_LEVEL_MAX + 1];
-    char *status_key;  /* last published status, without raw (changes every poll) */
-    int availability;  /* published: -1 none, 0 offline, 1 online */
-    bool republish;    /* after a reconnect: status and availability again */
+    char *status_key; /* last published status, without raw (changes every poll) */
+    int availability; /* published: -1 none, 0 offline, 1 online */
+    bool republish;   /* after a reconnect: status and availability again */
     bool has_cursor;
     struct cursor cur;
-    bool seen;         /* counters at the last complete fetch */
+    bool seen; /* counters at the last complete fetch */
     bool seen_has_file, seen_has_records;
     int64_t seen_file, seen_records;
-    bool more;         /* the last page was full: ask again at once */
+    bool more; /* the last page was full: ask again at once */
     uint64_t recheck_ms;
     uint64_t backoff_until_ms, backoff_ms;
     bool failing;
@@ -84,8 +84,8 @@ struct rrpoll {
     pthread_cond_t cond;
     bool connected_event;
     bool republish_event;
-    uint32_t page_gen;    /* tags of other generations are stale */
-    uint8_t *acked;       /* one flag per passing of the page in flight */
+    uint32_t page_gen; /* tags of other generations are stale */
+    uint8_t *acked;    /* one flag per passing of the page in flight */
     size_t page_n;
     size_t outstanding;
     bool page_failed;
@@ -244,6 +244,8 @@ static void api_fail(struct rrpoll *p, const char *why)
         log_debug("raceresult: device list: %s", why);
     p->api_failing = true;
     p->api_backoff_until_ms = backoff(&p->api_backoff_ms);
+    if (p->obs.api)
+        p->obs.api(p->obs.ctx, false, why);
 }
 
 static void api_ok(struct rrpoll *p)
@@ -253,6 +255,8 @@ static void api_ok(struct rrpoll *p)
     p->api_failing = false;
     p->api_backoff_ms = 0;
     p->api_backoff_until_ms = 0;
+    if (p->obs.api)
+        p->obs.api(p->obs.ctx, true, NULL);
 }
 
 static int publish_text(struct rrpoll *p, const struct device *d, const char *leaf,
@@ -283,6 +287,8 @@ static void publish_status(struct rrpoll *p, struct device *d, const struct rr_d
     char *key = payload ? status_key(payload) : NULL;
     if (key && (d->republish || !d->status_key || strcmp(key, d->status_key) != 0) &&
         publish_text(p, d, "status", payload, len) == 0) {
+        if (p->obs.status)
+            p->obs.status(p->obs.ctx, d->level, payload, len);
         free(d->status_key);
         d->status_key = key;
         key = NULL;
@@ -426,6 +432,13 @@ static size_t publish_page(struct rrpoll *p, struct device *d, struct rr_passing
     p->page_n = 0;
     pthread_mutex_unlock(&p->lock);
     free(acked);
+    if (k > 0 && p->obs.passing) {
+        size_t len;
+        char *payload = rr_passing_payload(items[k - 1], d->id, &len);
+        if (payload)
+            p->obs.passing(p->obs.ctx, d->level, payload, len);
+        free(payload);
+    }
     return k;
 }
 
@@ -441,9 +454,10 @@ static bool fetch_page(struct rrpoll *p, struct device *d)
     char *esc = rest_escape(p->rest, d->id);
     if (!esc)
         return false;
-    snprintf(path, sizeof path, "/customers/%s/devices/%s/detections?fromFile=%lld&fromDetection=%lld&amount=%d",
-             p->cfg->raceresult.customer_id, esc, (long long)d->cur.file,
-             (long long)d->cur.next_no, p->cfg->raceresult.amount);
+    snprintf(path, sizeof path,
+             "/customers/%s/devices/%s/detections?fromFile=%lld&fromDetection=%lld&amount=%d",
+             p->cfg->raceresult.customer_id, esc, (long long)d->cur.file, (long long)d->cur.next_no,
+             p->cfg->raceresult.amount);
     free(esc);
 
     enum rest_result res = rest_request(p->rest, "GET", path, &resp, err, sizeof err);
@@ -499,8 +513,7 @@ static bool fetch_page(struct rrpoll *p, struct device *d)
     }
     /* A full page means more may wait; one with nothing new cannot be trusted
      * to move on, so it ends the round. */
-    d->more = n > 0 && k == n &&
-              list.count + list.skipped >= (size_t)p->cfg->raceresult.amount;
+    d->more = n > 0 && k == n && list.count + list.skipped >= (size_t)p->cfg->raceresult.amount;
     ok = k == n;
     if (n > 0)
         log_debug("raceresult: device %s: %zu of %zu passings acknowledged, next %lld/%lld",
@@ -530,9 +543,10 @@ static void fetch_device(struct rrpoll *p, struct device *d, const struct rr_dev
         d->seen_file = rd->file_no;
         d->seen_has_records = rd->has_records;
         d->seen_records = rd->records;
-        bool behind = rd->has_file_no &&
-                      (d->cur.file < rd->file_no ||
-                       (d->cur.file == rd->file_no && rd->has_records && d->cur.next_no <= rd->records));
+        bool behind =
+            rd->has_file_no &&
+            (d->cur.file < rd->file_no ||
+             (d->cur.file == rd->file_no && rd->has_records && d->cur.next_no <= rd->records));
         uint64_t wait_s = behind && p->cfg->raceresult.recheck_s > BEHIND_RECHECK_S
                               ? BEHIND_RECHECK_S
                               : (uint64_t)p->cfg->raceresult.recheck_s;

@@ -827,13 +827,14 @@ static void state_positions(struct state *st)
     }
 }
 
-static struct json_object *state_ctrl_json(const struct ctrl *c)
+/* position: c's own, or as the page computed it (state_view()). */
+static struct json_object *state_ctrl_json(const struct ctrl *c, int position)
 {
     struct json_object *o = json_object_new_object();
     if (!o)
         return NULL;
     json_object_object_add(o, "controller_id", json_object_new_string(c->id));
-    json_object_object_add(o, "position", c->position ? json_object_new_int(c->position) : NULL);
+    json_object_object_add(o, "position", position ? json_object_new_int(position) : NULL);
     json_object_object_add(o, "laps", json_object_new_int64(c->laps.set ? c->laps.v : 0));
     json_object_object_add(o, "last_lap_ms", state_opt_json(c->last));
     json_object_object_add(o, "best_lap_ms", state_opt_json(c->best));
@@ -982,7 +983,7 @@ void state_emit(struct state *st, bool all, state_emit_fn fn, void *ctx)
         struct ctrl *c = &st->ctrl[i];
         if (!all && !c->dirty)
             continue;
-        struct json_object *o = state_ctrl_json(c);
+        struct json_object *o = state_ctrl_json(c, c->position);
         if (o)
             state_emit_json(st, "controller", c->level, o, fn, ctx);
         json_object_put(o);
@@ -995,6 +996,77 @@ void state_emit(struct state *st, bool all, state_emit_fn fn, void *ctx)
         json_object_put(o);
     }
     st->dirty = 0;
+}
+
+/* A controller with the position the page shows for it. */
+struct placed {
+    const struct ctrl *c;
+    int position; /* 0: not in the standings */
+};
+
+/* Page order: placed controllers by position, then the others by id. */
+static int state_view_cmp(const void *a, const void *b)
+{
+    const struct placed *x = a, *y = b;
+    if ((x->position == 0) != (y->position == 0))
+        return x->position == 0 ? 1 : -1;
+    if (x->position != y->position)
+        return x->position < y->position ? -1 : 1;
+    return strcmp(x->c->id, y->c->id);
+}
+
+static struct json_object *state_view_str(const char *s)
+{
+    return s[0] ? json_object_new_string(s) : NULL;
+}
+
+struct json_object *state_view(struct state *st)
+{
+    struct json_object *o = json_object_new_object();
+    struct json_object *standings = state_standings_json(st);
+    struct json_object *ctrls = json_object_new_array_ext((int)st->nctrl);
+    if (!o || !standings || !ctrls)
+        goto fail;
+    json_object_object_add(o, "seq", json_object_new_uint64(st->seq));
+    json_object_object_add(o, "status", state_view_str(st->status));
+    json_object_object_add(o, "flag", json_object_new_string(st->flag));
+    json_object_object_add(o, "weather", state_view_str(st->weather));
+    json_object_object_add(o, "vsc", state_view_str(st->vsc));
+    json_object_object_add(o, "event", st->event ? state_event_json(st->event) : NULL);
+    json_object_object_add(o, "track", st->track ? json_object_get(st->track) : NULL);
+    json_object_object_add(o, "standings", standings);
+    standings = NULL;
+
+    /* Positions as the standings just computed them, without touching the
+     * controllers' own (state_emit() owns those and their marks). */
+    int pos[STATE_MAX_CONTROLLERS] = {0};
+    struct json_object *arr = json_object_object_get(o, "standings");
+    for (size_t i = 0; i < json_object_array_length(arr); i++) {
+        struct json_object *e = json_object_array_get_idx(arr, i);
+        const char *id = json_object_get_string(json_object_object_get(e, "controller_id"));
+        for (size_t j = 0; id && j < st->nctrl; j++) {
+            if (pos[j] == 0 && strcmp(st->ctrl[j].id, id) == 0)
+                pos[j] = json_object_get_int(json_object_object_get(e, "position"));
+        }
+    }
+    struct placed order[STATE_MAX_CONTROLLERS];
+    for (size_t j = 0; j < st->nctrl; j++)
+        order[j] = (struct placed){&st->ctrl[j], pos[j]};
+    qsort(order, st->nctrl, sizeof order[0], state_view_cmp);
+    for (size_t j = 0; j < st->nctrl; j++) {
+        struct json_object *c = state_ctrl_json(order[j].c, order[j].position);
+        if (!c || json_object_array_add(ctrls, c) != 0) {
+            json_object_put(c);
+            goto fail;
+        }
+    }
+    json_object_object_add(o, "controllers", ctrls);
+    return o;
+fail:
+    json_object_put(standings);
+    json_object_put(ctrls);
+    json_object_put(o);
+    return NULL;
 }
 
 bool state_dirty(const struct state *st)

@@ -58,11 +58,14 @@ struct config {
         int max_connections_per_ip; /* 0 = no per-address limit (default) */
         int timeout_s;       /* inactivity timeout, default 10 */
         int threads;         /* worker threads, default 2 */
+        int max_streams;     /* GET /events streams at once, default 8 */
     } http;
     struct {
         bool enabled;     /* default true */
         char *base_topic; /* default smartrace */
         int qos;          /* event topics, 1 or 2 (default 1) */
+        int keep_events;  /* raw events for GET /api/events, default 20 */
+        char *record;     /* JSON lines of accepted events; NULL = off */
     } smartrace;
     struct {
         int enabled; /* -1 = auto (on when api_key set), 0, 1 */

@@ -1,7 +1,8 @@
 /*
  * http.h - the SmartRace webhook server (libmicrohttpd; the only file pair that
  * knows it). SPEC section 5: POST on any path is an event, OPTIONS is a CORS
- * preflight, GET /, /healthz, /readyz and /metrics report.
+ * preflight; GET serves the live page (/, /api/state, /api/events, /events)
+ * and /healthz, /readyz and /metrics.
  *
  * An event is answered only after the journal made it durable: the request's
  * connection is suspended until http_committed() covers its seq, so a worker
@@ -14,18 +15,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct board;
 struct config;
 struct ingest;
+struct json_object;
 struct http;
 
 struct http_hooks {
-    bool (*ready)(void *ctx);                     /* broker connected */
-    char *(*metrics)(void *ctx, size_t *len);     /* Prometheus text, caller frees */
+    bool (*ready)(void *ctx);                 /* broker connected */
+    char *(*metrics)(void *ctx, size_t *len); /* Prometheus text, caller frees */
+    /* GET /api/state without "now_ms" (caller puts it); any HTTP worker and
+     * the live stream thread. */
+    struct json_object *(*state)(void *ctx);
     void *ctx;
 };
 
-/* Starts listening. cfg, in and hooks' ctx must outlive the server. */
-int http_start(struct http **out, const struct config *cfg, struct ingest *in,
+/* Starts listening. cfg, in, board and hooks' ctx must outlive the server.
+ * The board learns refusals, preflights and senders from here. */
+int http_start(struct http **out, const struct config *cfg, struct ingest *in, struct board *board,
                const struct http_hooks *hooks, char *err, size_t errlen);
 
 /* The journal committed (ok) or dropped (!ok) seqs first..last. Any thread. */

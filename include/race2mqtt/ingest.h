@@ -53,10 +53,10 @@ void ingest_free(struct ingest *in);
 int ingest_restore(struct ingest *in, char *err, size_t errlen);
 
 enum ingest_result {
-    INGEST_OK,        /* journaled; durable once the journal commits *seq */
-    INGEST_INVALID,   /* malformed input: 400, detail says why */
-    INGEST_FULL,      /* journal full: 503 */
-    INGEST_ERROR,     /* journal cannot write or no memory: 503 */
+    INGEST_OK,      /* journaled; durable once the journal commits *seq */
+    INGEST_INVALID, /* malformed input: 400, detail says why */
+    INGEST_FULL,    /* journal full: 503 */
+    INGEST_ERROR,   /* journal cannot write or no memory: 503 */
 };
 
 /*
@@ -69,6 +69,9 @@ enum ingest_result ingest_event(struct ingest *in, const char *body, size_t len,
 /* Publisher side: see state_emit(). Takes the lock for the duration. */
 void ingest_emit_state(struct ingest *in, bool all, state_emit_fn fn, void *ctx);
 bool ingest_state_dirty(struct ingest *in);
+
+/* See state_view(); caller puts it. Takes the lock for the duration. */
+struct json_object *ingest_view(struct ingest *in);
 
 /* See state_controllers(). Takes the lock for the duration: fn must be quick
  * and must not call back into ingest. */

@@ -79,6 +79,9 @@ int mqtt_subscribe(struct mqtt *m, const char *filter, int qos);
 
 bool mqtt_is_connected(struct mqtt *m);
 
+/* When the current connection was made (Unix ms), 0 while disconnected. */
+uint64_t mqtt_connected_since_ms(struct mqtt *m);
+
 /* Reconnects since start (the first connect not counted). */
 uint64_t mqtt_reconnects(struct mqtt *m);
 

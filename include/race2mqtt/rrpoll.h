@@ -12,6 +12,7 @@
 #ifndef RACE2MQTT_RRPOLL_H
 #define RACE2MQTT_RRPOLL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,11 +26,17 @@ struct rrpoll;
 
 struct rr_device;
 
-/* Who else wants to know which devices the list holds (discovery). Called on
- * the poller's thread: copy and return. */
+/* Who else wants to know what the poller sees (discovery, the page). Called
+ * on the poller's thread: copy and return. Any member may be NULL. */
 struct rrpoll_observer {
     void (*device)(void *ctx, const struct rr_device *d); /* each device of a list */
     void (*listed)(void *ctx);                            /* after a complete list */
+    /* The status payload just published for a device (its topic level). */
+    void (*status)(void *ctx, const char *level, const char *payload, size_t len);
+    /* The last passing of a page, once the broker acknowledged the page. */
+    void (*passing)(void *ctx, const char *level, const char *payload, size_t len);
+    /* The device list request: ok, or failed with a one-line reason. */
+    void (*api)(void *ctx, bool ok, const char *error);
     void *ctx;
 };
 

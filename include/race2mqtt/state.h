@@ -52,6 +52,17 @@ bool state_dirty(const struct state *st);
 typedef void (*state_controller_fn)(void *ctx, const char *level, uint64_t event_seq);
 void state_controllers(const struct state *st, state_controller_fn fn, void *ctx);
 
+/*
+ * The race as one JSON object for the page and GET /api/state (caller puts
+ * it): seq, status, flag, weather, vsc, event, track (null when unknown),
+ * standings (the entries of <base>/state/standings) and controllers (the
+ * objects of <base>/state/controller/<id>, by position, then those without
+ * one by id). The same payload builders as state_emit(), so the two cannot
+ * disagree. Changes no mark. NULL on no memory.
+ */
+struct json_object;
+struct json_object *state_view(struct state *st);
+
 /* The whole state as JSON text (malloc'd, caller frees), including its seq. */
 char *state_save(const struct state *st);
 

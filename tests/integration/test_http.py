@@ -233,7 +233,8 @@ class HttpTests(HttpCase):
     def test_get_pages(self):
         r = harness.http_request(self.port, "GET", "/")
         self.assertEqual(r.status, 200, r)
-        self.assertIn(b"race2mqtt is running", r.body)
+        self.assertIn(b"<title>race2mqtt", r.body)
+        self.assertEqual(r.headers.get("content-type"), "text/html; charset=utf-8")
         self.assertCors(r)
         for path in ("/healthz", "/readyz"):
             with self.subTest(path=path):

@@ -557,9 +557,9 @@ class EdgeCaseTests(harness.IntegrationCase):
             with self.subTest(method=method, path=path):
                 a = self.raw(req(method, path))
                 self.assertEqual(a.status, want, a)
-        a = self.raw(b"GET / HTTP/1.1\r\nHost: <script>\xff\xfe</script>\r\n\r\n")
+        a = self.raw(b"GET / HTTP/1.1\r\nHost: <script>hostile\xff\xfe</script>\r\n\r\n")
         self.assertEqual(a.status, 200, a)
-        self.assertNotIn(b"<script>", a.body, "the Host header is echoed into the page")
+        self.assertNotIn(b"hostile", a.body, "the Host header is echoed into the page")
         self.assertNotIn(b"\xff", a.body)
         a = self.raw(req(b"POST", b"/", body, JSON_CT + b"X-Junk: \xff\xfe\xc3\x28\r\n"
                          b"Content-Type: \xff\r\n"))

@@ -260,9 +260,14 @@ class SecretsTests(harness.IntegrationCase):
                                                                 shutdown_write=True))
 
         # What a user or a scraper can read.
-        pages = {path: gw.request("GET", path) for path in ("/metrics", "/")}
+        pages = {path: gw.request("GET", path)
+                 for path in ("/metrics", "/", "/api/state", "/api/state" + q,
+                              "/api/events?limit=100&" + q[1:])}
         self.assertEqual(pages["/metrics"].status, 200)
-        self.assertEqual(pages["/"].status, 200)
+        self.assertEqual(pages["/"].status, 401)          # the page is behind the token
+        self.assertEqual(pages["/api/state"].status, 401)
+        self.assertEqual(pages["/api/state" + q].status, 200)
+        self.assertEqual(pages["/api/events?limit=100&" + q[1:]].status, 200)
         late = harness.secure_retained(broker.port, ["#"], **auth)
         self.assertIn("race2mqtt/bridge/info", late, "no retained bridge/info")
         info = late["race2mqtt/bridge/info"].json()
@@ -295,6 +300,8 @@ class SecretsTests(harness.IntegrationCase):
             "MQTT messages": mqtt_text,
             "GET /metrics": pages["/metrics"].body,
             "GET /": pages["/"].body,
+            "GET /api/state": pages["/api/state" + q].body,
+            "GET /api/events": pages["/api/events?limit=100&" + q[1:]].body,
             "HTTP answers": b"\n".join(http_out),
             "--check-config": check.encode(),
             "config errors": errors.encode(),
