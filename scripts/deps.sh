@@ -9,6 +9,7 @@ PACKAGES=(
   libcmocka-dev
   mosquitto mosquitto-clients
   python3 python3-paho-mqtt python3-jinja2 curl ca-certificates openssl util-linux
+  chromium python3-websocket
 )
 
 missing=()
