@@ -297,7 +297,7 @@ class PageTests(harness.IntegrationCase):
                                     headers={"Content-Type": "application/json"}).status, 400)
         self.assertEqual(gw.post({"event_type": 5, "event_data": {"controller_id": "1"}}).status,
                          400)
-        self.assertEqual(gw.request("POST", "/api/state", body=b"{}").status, 405)
+        self.assertEqual(gw.request("POST", "/metrics", body=b"{}").status, 405)
         os.makedirs(ARTIFACTS, exist_ok=True)
         for name, query, w, h, mobile in (("phone", "", 390, 844, True),
                                           ("tv", "?tv=1", 1920, 1080, False),
