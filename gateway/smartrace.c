@@ -236,6 +236,27 @@ static enum sr_error sr_set_controller(struct sr_event *ev, struct json_object *
  * data_key is "event_data" in a webhook body and "data" in a stored payload;
  * a stored payload also names its controller in "controller_id".
  */
+/* What v is, for an error a person reads on the page: "a number", "null". */
+static const char *sr_kind(struct json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_int:
+    case json_type_double:
+        return "a number";
+    case json_type_boolean:
+        return "true or false";
+    case json_type_string:
+        return "a string";
+    case json_type_array:
+        return "an array";
+    case json_type_object:
+        return "an object";
+    case json_type_null:
+    default:
+        return "null";
+    }
+}
+
 static enum sr_error sr_event_from_root(struct json_object *root, bool stored, struct sr_event *ev,
                                         char *detail, size_t detail_len)
 {
@@ -243,7 +264,7 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
 
     if (!json_object_is_type(root, json_type_object)) {
         jsonutil_detail(detail, detail_len, "top level is a JSON %s, not an object",
-                  json_type_to_name(json_object_get_type(root)));
+                        json_type_to_name(json_object_get_type(root)));
         return SR_ERR_NOT_OBJECT;
     }
     if (!json_object_object_get_ex(root, "event_type", &v)) {
@@ -251,8 +272,7 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
         return SR_ERR_NO_EVENT_TYPE;
     }
     if (!json_object_is_type(v, json_type_string)) {
-        jsonutil_detail(detail, detail_len, "event_type is a %s, not a string",
-                  json_type_to_name(json_object_get_type(v)));
+        jsonutil_detail(detail, detail_len, "event_type must be a string, not %s", sr_kind(v));
         return SR_ERR_EVENT_TYPE;
     }
     size_t tlen = (size_t)json_object_get_string_len(v);
@@ -262,7 +282,8 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
         return SR_ERR_EVENT_TYPE;
     }
     if (tlen > SMARTRACE_MAX_TYPE_LEN) {
-        jsonutil_detail(detail, detail_len, "event_type longer than %d bytes", SMARTRACE_MAX_TYPE_LEN);
+        jsonutil_detail(detail, detail_len, "event_type longer than %d bytes",
+                        SMARTRACE_MAX_TYPE_LEN);
         return SR_ERR_EVENT_TYPE;
     }
     if (strlen(type) != tlen) {
@@ -275,8 +296,8 @@ static enum sr_error sr_event_from_root(struct json_object *root, bool stored, s
     ev->time_ms = 0;
     if (json_object_object_get_ex(root, "time", &v) && v) {
         if (!smartrace_int(v, &ev->time_ms)) {
-            jsonutil_detail(detail, detail_len, "time is a %s that is not a number of milliseconds",
-                      json_type_to_name(json_object_get_type(v)));
+            jsonutil_detail(detail, detail_len, "time must be a number of milliseconds, not %s",
+                            sr_kind(v));
             return SR_ERR_TIME;
         }
         ev->has_time = true;
