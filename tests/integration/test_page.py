@@ -252,6 +252,15 @@ class PageTests(harness.IntegrationCase):
         # The SmartRace URL says a token is needed without showing it.
         self.assertNotIn(token, b.evaluate("document.body.innerText"))
         self.assertIn("?token=", b.evaluate("document.getElementById('sr-url').textContent"))
+        # "Wrong token?" is answered on the page: a POST with a wrong token,
+        # then one without, each named for what it is.
+        hints = "document.getElementById('sr-hints').textContent"
+        self.assertEqual(harness.post(gw.http_port, "/", lap("4", 2, 6800, "x"),
+                                      token="not-it").status, 401)
+        self.wait_page(b, hints + ".includes('Wrong token (401)')", "no wrong-token hint")
+        self.assertEqual(harness.post(gw.http_port, "/", lap("4", 2, 6800, "x")).status, 401)
+        self.wait_page(b, hints + ".includes('No token (401)')", "no missing-token hint")
+        self.assertNotIn("not-it", b.evaluate("document.body.innerText"))
         self.assertQuiet(b)
         b.close()
 
