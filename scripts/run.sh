@@ -78,6 +78,9 @@ else
 fi
 
 if [ "$demo" = 1 ]; then
+  # The demo race goes into a journal and race state of its own, so that the
+  # next real start does not resume the demo's race.
+  export RACE2MQTT_STORE_DIR=${RACE2MQTT_STORE_DIR:-var/demo}
   http_port=$(conf_value http port "$@")
   http_port=${http_port:-8080}
   http_host=$(conf_value http bind "$@")
