@@ -161,6 +161,11 @@ class PageTests(harness.IntegrationCase):
         self.assertTrue(b.evaluate(OBSERVE))
 
         self.finish_replay(self.replay(gw, 20))
+        # "ended" comes a moment before the official result: wait for the
+        # page to show the gateway's last event, not just the end.
+        st = self.state(gw)["race"]
+        self.wait_page(b, "document.body.dataset.seq === '%d'" % st["seq"],
+                       "the page never showed the last event")
         self.wait_page(b, "document.getElementById('status').textContent === 'Ended' && "
                           "document.getElementById('flag').dataset.flag === 'checkered' && "
                           "%s.length === 6" % ROWS, "the end of the race never showed")
@@ -179,7 +184,6 @@ class PageTests(harness.IntegrationCase):
         self.assertEqual(seen["laps"][-1], 15, seen)
 
         # The page shows what the gateway says, row by row.
-        st = self.state(gw)["race"]
         rows = b.evaluate(ROWS + ".map((tr) => ({id: tr.dataset.controller, "
                           "pos: tr.querySelector('td.pos').textContent, "
                           "driver: tr.querySelector('.driver').textContent, "
