@@ -931,6 +931,28 @@ FAKERR_DIR = os.path.join(REPO, "tests", "fakerr")
 RR_CURSOR_RE = re.compile(r"^([0-9]+) ([0-9]+)\n$")
 
 
+REPLAY = os.environ.get("R2M_REPLAY") or os.path.join(REPO, "build", "race2mqtt-replay")
+RACE = os.path.join(FIXTURES, "replay", "race.jsonl")  # the shipped race
+
+
+class ReplayCase(IntegrationCase):
+    """Tests that play recordings with race2mqtt-replay ($R2M_REPLAY) into a
+    gateway of their own: self.dir, world() and url()."""
+
+    def setUp(self):
+        self.assertTrue(os.access(REPLAY, os.X_OK), "replay tool %s missing (set R2M_REPLAY)"
+                        % REPLAY)
+        self.dir = self.tmpdir()
+
+    def world(self, **gw):
+        broker = self.start_broker(self.dir)
+        gateway = self.start_gateway(self.dir, broker, **gw)
+        return broker, gateway
+
+    def url(self, gw):
+        return "http://127.0.0.1:%d/" % gw.http_port
+
+
 def fake_raceresult(**kw):
     """A started FakeRaceResult (tests/fakerr/fake_raceresult.py); stop() it."""
     if FAKERR_DIR not in sys.path:

@@ -25,8 +25,7 @@ import subprocess
 import browser
 import harness
 
-REPLAY = os.environ.get("R2M_REPLAY") or os.path.join(harness.REPO, "build", "race2mqtt-replay")
-RACE = os.path.join(harness.FIXTURES, "replay", "race.jsonl")
+from harness import RACE, REPLAY
 ARTIFACTS = os.path.abspath(os.environ.get("R2M_ARTIFACTS")
                             or os.path.join(harness.REPO, "build", "artifacts"))
 FLAGS = {"none", "start", "green", "yellow", "red", "jumpstart", "checkered"}
@@ -82,22 +81,9 @@ def lap(controller, n, ms, driver):
                            "driver_data": {"name": driver}}}
 
 
-class PageTests(harness.IntegrationCase):
-
-    def setUp(self):
-        self.assertTrue(os.access(REPLAY, os.X_OK), "replay tool %s missing (set R2M_REPLAY)"
-                        % REPLAY)
-        self.dir = self.tmpdir()
+class PageTests(harness.ReplayCase):
 
     # ---- helpers ---------------------------------------------------------
-
-    def world(self, **gw):
-        broker = self.start_broker(self.dir)
-        gateway = self.start_gateway(self.dir, broker, **gw)
-        return broker, gateway
-
-    def base(self, gw):
-        return "http://127.0.0.1:%d/" % gw.http_port
 
     def open_page(self, url, width=1280, height=800, mobile=False):
         """A Chromium showing url, closed at the end of the test at the latest."""
@@ -126,7 +112,7 @@ class PageTests(harness.IntegrationCase):
                       % (what, e, info, b.page_errors(), b.network_errors(), shot))
 
     def replay(self, gw, speed, token=None):
-        args = [REPLAY, "-q", "--speed", str(speed), "--url", self.base(gw)]
+        args = [REPLAY, "-q", "--speed", str(speed), "--url", self.url(gw)]
         if token:
             args += ["--token", token]
         p = subprocess.Popen(args + [RACE], stdout=subprocess.PIPE,
@@ -155,7 +141,7 @@ class PageTests(harness.IntegrationCase):
 
     def test_replayed_race(self):
         broker, gw = self.world()
-        b = self.open_page(self.base(gw))
+        b = self.open_page(self.url(gw))
         self.wait_page(b, MODE + " === 'live'", "the page never went live")
         self.assertEqual(b.evaluate("document.getElementById('flag').dataset.flag"), "none")
         self.assertTrue(b.evaluate(OBSERVE))
@@ -207,7 +193,7 @@ class PageTests(harness.IntegrationCase):
 
     def test_broker_outage(self):
         broker, gw = self.world()
-        b = self.open_page(self.base(gw))
+        b = self.open_page(self.url(gw))
         connected = "document.getElementById('broker').dataset.connected === '%s'"
         laps = ("(document.querySelector('#standings tr[data-controller=\"1\"] td.laps') || "
                 "{}).textContent === '%d'")
@@ -246,7 +232,7 @@ class PageTests(harness.IntegrationCase):
         self.assertEqual(r.status, 200, r)
         self.assertIn(b"<tbody id=\"standings\">", r.body)
 
-        b = self.open_page(self.base(gw) + "?token=" + token)
+        b = self.open_page(self.url(gw) + "?token=" + token)
         self.wait_page(b, MODE + " === 'live'", "the page never went live with the token")
         self.assertOk(gw.post(lap("4", 1, 6900, "Token Tom")))
         self.wait_page(b, "%s.map((tr) => tr.dataset.controller).join() === '4'" % ROWS,
@@ -274,10 +260,10 @@ class PageTests(harness.IntegrationCase):
 
     def test_stream_bound_falls_back_to_polling(self):
         broker, gw = self.world(extra={"http": {"max_streams": "1"}})
-        first = self.open_page(self.base(gw))
+        first = self.open_page(self.url(gw))
         self.wait_page(first, MODE + " === 'live'", "the first page never went live")
 
-        second = self.open_page(self.base(gw))
+        second = self.open_page(self.url(gw))
         self.wait_page(second, MODE + " === 'polling'", "the second page did not fall back")
         self.assertOk(gw.post(lap("2", 1, 7000, "Poll Paula")))
         for b in (first, second):
@@ -315,7 +301,7 @@ class PageTests(harness.IntegrationCase):
         for name, query, w, h, mobile in (("phone", "", 390, 844, True),
                                           ("tv", "?tv=1", 1920, 1080, False),
                                           ("desktop", "", 1280, 800, False)):
-            b = self.open_page(self.base(gw) + query, w, h, mobile)
+            b = self.open_page(self.url(gw) + query, w, h, mobile)
             self.wait_page(b, "%s.length === 6 && document.getElementById('flag').dataset.flag "
                               "=== 'checkered'" % ROWS, "%s: the race never showed" % name)
             if name == "desktop":

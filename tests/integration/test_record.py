@@ -12,7 +12,7 @@ import time
 
 import harness
 
-REPLAY = os.environ.get("R2M_REPLAY") or os.path.join(harness.REPO, "build", "race2mqtt-replay")
+from harness import REPLAY
 
 
 def event_msgs(sub):

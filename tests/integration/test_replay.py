@@ -15,8 +15,7 @@ import subprocess
 
 import harness
 
-REPLAY = os.environ.get("R2M_REPLAY") or os.path.join(harness.REPO, "build", "race2mqtt-replay")
-RACE = os.path.join(harness.FIXTURES, "replay", "race.jsonl")
+from harness import RACE, REPLAY
 S = "smartrace/state/"
 LINE_RE = re.compile(r"^line=(\d+) type=(\S+) status=(\d+) seq=(\d+|-) gap_ms=(\d+)$")
 
@@ -72,20 +71,7 @@ def small(at_ms_list):
     return out
 
 
-class ReplayTests(harness.IntegrationCase):
-
-    def setUp(self):
-        self.assertTrue(os.access(REPLAY, os.X_OK), "replay tool %s missing (set R2M_REPLAY)"
-                        % REPLAY)
-        self.dir = self.tmpdir()
-
-    def world(self, **gw):
-        broker = self.start_broker(self.dir)
-        gateway = self.start_gateway(self.dir, broker, **gw)
-        return broker, gateway
-
-    def url(self, gw):
-        return "http://127.0.0.1:%d/" % gw.http_port
+class ReplayTests(harness.ReplayCase):
 
     def test_full_race(self):
         with open(RACE, encoding="utf-8") as f:
