@@ -247,10 +247,12 @@ void ingest_emit_state(struct ingest *in, bool all, state_emit_fn fn, void *ctx)
     pthread_mutex_unlock(&in->lock);
 }
 
-bool ingest_state_dirty(struct ingest *in)
+bool ingest_state_dirty(struct ingest *in, bool *race)
 {
     pthread_mutex_lock(&in->lock);
     bool dirty = state_dirty(in->st);
+    if (race)
+        *race = state_race_dirty(in->st);
     pthread_mutex_unlock(&in->lock);
     return dirty;
 }

@@ -25,11 +25,8 @@
  *   mutex in the same order in which records enter the pending buffer, so a
  *   batch is always a contiguous range. Seqs of a batch that failed to write
  *   are burned. On open, numbering continues after the highest of: every seq
- *   found (also intact records behind damage), the acked watermark and the
- *   newest segment's name - 1. The one exception: seqs that never became
- *   durable and come after the last durable record of the run (a batch torn
- *   by a crash, or failed batches just before a stop) may be handed out again
- *   after a restart; no one was ever told they were durable.
+ *   found (also intact records behind damage), the acked watermark, the
+ *   newest segment's name - 1 and the seq lease (see "Reading ahead").
  * - Durable before on_commit. journal_append() only copies into memory; the
  *   flusher writes a whole batch with one pwrite and one fdatasync (group
  *   commit) and calls on_commit(ok) only afterwards, outside the mutex. A
@@ -47,6 +44,20 @@
  * trusted to find the next record): the newest segment is truncated there, as
  * that is what a crash during a write leaves behind; an older one is only
  * read up to there. One log line per damaged segment says what was dropped.
+ *
+ * Reading ahead. The publisher may take records before they are durable,
+ * from the batch being written or the pending buffer (journal_read_ahead), so
+ * that the broker hears of an event while its fdatasync runs. Two rules keep
+ * that safe:
+ * - Nothing is read ahead while writes fail (from a failed commit until a good
+ *   one), so an event answered 503 is not also published, except for the
+ *   batch whose write failed first.
+ * - A seq read ahead is never used again, although its record may die with
+ *   the process. Seqs are leased: the file "lease" holds a seq above every one
+ *   handed out, fdatasync'd before any seq below it is read ahead, extended
+ *   by the flusher LEASE_SEQS at a time when less than half is left, and set
+ *   to next_seq exactly by journal_close(). After a crash, numbering resumes
+ *   at the lease: a gap of at most LEASE_SEQS, no reuse.
  *
  * Locking: one mutex guards the segment list, the pending buffer and the
  * counters. No I/O happens under it except opening and closing the reader's
@@ -79,6 +90,10 @@
 #define SCAN_WINDOW (1u << 20)
 #define SPARE_KEEP (1u << 20) /* a batch buffer larger than this is freed after use */
 #define ACKED_FILE "acked"
+#define LEASE_FILE "lease"
+/* Seqs leased at a time: one small fdatasync per this many appends, and the
+ * largest gap a crash leaves in the numbering. */
+#define LEASE_SEQS 10000u
 
 struct segment {
     uint64_t first; /* the seq in its name */
@@ -95,9 +110,11 @@ struct journal {
     bool flusher_started;
     int dirfd;
     int ackfd;
+    int leasefd;
     uint64_t max_bytes;
     uint64_t segment_bytes;
     void (*on_commit)(void *ctx, uint64_t first, uint64_t last, bool ok);
+    void (*on_append)(void *ctx);
     void *ctx;
 
     /* Under mu. segs is sorted by first; the last one is the active one. */
@@ -106,6 +123,25 @@ struct journal {
     char *pending; /* serialised records with seqs pending_first..next_seq-1 */
     size_t pending_len, pending_cap;
     uint64_t pending_first;
+    /* The batch the flusher is writing (not durable yet): records
+     * writing_first..writing_last in writing[0..writing_len). */
+    const char *writing;
+    size_t writing_len;
+    uint64_t writing_first, writing_last;
+    uint64_t writing_seg, writing_off; /* where it goes: segment and offset */
+    bool ahead_ok;                     /* false from a failed commit until a good one */
+    uint64_t lease;                    /* durable: no seq >= lease was handed out */
+    uint64_t last_seq;                 /* highest seq handed out or recovered */
+    /* journal_read_ahead()'s cursor: the record with seq ahead_seq starts at
+     * ahead_off in the buffer whose first record is ahead_first. A batch keeps
+     * its offsets when pending becomes writing, so the cursor survives it.
+     * Once its batch is being written, ahead_seg/ahead_file say where that
+     * batch starts on disk (ahead_placed), so the reader can go on from the
+     * file without a search when the batch is durable. */
+    uint64_t ahead_first, ahead_seq;
+    size_t ahead_off;
+    bool ahead_placed;
+    uint64_t ahead_seg, ahead_file;
     char *spare; /* the other batch buffer, kept to avoid a malloc per commit */
     size_t spare_cap;
     uint64_t next_seq;
@@ -117,6 +153,7 @@ struct journal {
     /* Flusher thread only: log a write problem when it starts and ends. */
     bool failing;
     bool roll_failing;
+    bool lease_failing; /* also open and close, when no flusher runs */
     uint64_t failed_since;
 
     /* Reader thread only. */
@@ -477,6 +514,58 @@ static void segment_roll(struct journal *j, uint64_t first)
     j->roll_failing = fd < 0;
 }
 
+/* Under mu: the cursor's batch is the one being written, so its place is known. */
+static void ahead_place(struct journal *j)
+{
+    j->ahead_placed = true;
+    j->ahead_seg = j->writing_seg;
+    j->ahead_file = j->writing_off;
+}
+
+/* The number in the acked or lease file; 0 if it is empty or unreadable. */
+static uint64_t read_number(int fd, const char *name)
+{
+    char buf[32];
+    size_t got;
+    if (pread_full(fd, buf, sizeof buf - 1, 0, &got) != 0 || got == 0)
+        return 0;
+    buf[got] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(buf, &end, 10);
+    if (errno || end == buf || (*end != '\n' && *end != '\0')) {
+        log_warn("journal: ignoring an unreadable %s file", name);
+        return 0;
+    }
+    return v;
+}
+
+/* Fixed width, so that an overwrite in place never leaves old digits behind. */
+static int format_number(char buf[24], uint64_t v)
+{
+    return snprintf(buf, 24, "%020" PRIu64 "\n", v);
+}
+
+/* Makes the lease durable. The flusher, or open and close while no flusher runs. */
+static int write_lease(struct journal *j, uint64_t lease)
+{
+    char buf[24];
+    int n = format_number(buf, lease);
+    ssize_t w = pwrite(j->leasefd, buf, (size_t)n, 0);
+    int e = w < 0 ? errno : EIO;
+    bool ok = w == n && fdatasync(j->leasefd) == 0;
+    if (w == n && !ok)
+        e = errno;
+    if (!ok && !j->lease_failing)
+        log_error("journal: cannot write " LEASE_FILE ": %s; events go to the broker only once "
+                  "they are on disk",
+                  strerror(e));
+    else if (ok && j->lease_failing)
+        log_info("journal: " LEASE_FILE " written again");
+    j->lease_failing = !ok;
+    return ok ? 0 : -1;
+}
+
 /* Writes and fdatasyncs a batch at off; on failure cuts the file back to off. */
 static int write_batch(int fd, const char *buf, size_t len, uint64_t off, bool *cut_failed)
 {
@@ -522,6 +611,14 @@ static void *flusher_main(void *arg)
         struct segment *a = &j->segs[j->nsegs - 1];
         int fd = a->fd;
         uint64_t off = a->disk, seg_first = a->first;
+        j->writing = buf;
+        j->writing_len = len;
+        j->writing_first = first;
+        j->writing_last = last;
+        j->writing_seg = seg_first;
+        j->writing_off = off;
+        if (j->ahead_first == first)
+            ahead_place(j);
         pthread_mutex_unlock(&j->mu);
 
         bool cut_failed;
@@ -530,6 +627,10 @@ static void *flusher_main(void *arg)
         pthread_mutex_lock(&j->mu);
         a = &j->segs[j->nsegs - 1];
         bool roll = false;
+        j->writing = NULL;
+        j->ahead_ok = !err;
+        if (err && j->ahead_first == first)
+            j->ahead_placed = false; /* those offsets now belong to the next batch */
         if (!err) {
             a->disk = a->end = off + len;
             a->last = last;
@@ -540,6 +641,8 @@ static void *flusher_main(void *arg)
             j->used -= len;
             j->failed_commits++;
         }
+        bool extend = !err && j->next_seq + LEASE_SEQS / 2 > j->lease;
+        uint64_t lease = j->next_seq + LEASE_SEQS;
         if (!j->spare && cap <= SPARE_KEEP) {
             j->spare = buf;
             j->spare_cap = cap;
@@ -571,6 +674,13 @@ static void *flusher_main(void *arg)
             segment_roll(j, last + 1);
         if (j->on_commit)
             j->on_commit(j->ctx, first, last, !err);
+        /* After the answers: the lease only holds back reading ahead. */
+        if (extend && write_lease(j, lease) == 0) {
+            pthread_mutex_lock(&j->mu);
+            if (lease > j->lease)
+                j->lease = lease;
+            pthread_mutex_unlock(&j->mu);
+        }
         pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
@@ -632,10 +742,13 @@ enum journal_error journal_append(struct journal *j, const char *topic, const vo
         memcpy(p + REC_HEADER + tl, payload, payload_len);
     j->pending_len += reclen;
     j->used += reclen;
+    j->last_seq = s;
     *seq = s;
     pthread_cond_signal(&j->work);
 out:
     pthread_mutex_unlock(&j->mu);
+    if (rc == JOURNAL_OK && j->on_append)
+        j->on_append(j->ctx);
     return rc;
 }
 
@@ -758,23 +871,6 @@ out:
     return rc;
 }
 
-static uint64_t read_acked(int fd)
-{
-    char buf[32];
-    size_t got;
-    if (pread_full(fd, buf, sizeof buf - 1, 0, &got) != 0 || got == 0)
-        return 0;
-    buf[got] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(buf, &end, 10);
-    if (errno || end == buf || (*end != '\n' && *end != '\0')) {
-        log_warn("journal: ignoring an unreadable " ACKED_FILE " file");
-        return 0;
-    }
-    return v;
-}
-
 static void journal_free(struct journal *j)
 {
     for (size_t i = 0; i < j->nsegs; i++)
@@ -784,6 +880,8 @@ static void journal_free(struct journal *j)
         close(j->dirfd);
     if (j->ackfd >= 0)
         close(j->ackfd);
+    if (j->leasefd >= 0)
+        close(j->leasefd);
     free(j->segs);
     free(j->pending);
     free(j->spare);
@@ -802,10 +900,11 @@ int journal_open(struct journal **out, const struct journal_options *opt, char *
         fmt_err(err, errlen, "cannot open", opt->dir, ENOMEM);
         return -1;
     }
-    j->dirfd = j->ackfd = -1;
+    j->dirfd = j->ackfd = j->leasefd = -1;
     j->max_bytes = opt->max_bytes;
     j->segment_bytes = opt->segment_bytes ? opt->segment_bytes : DEFAULT_SEGMENT_BYTES;
     j->on_commit = opt->on_commit;
+    j->on_append = opt->on_append;
     j->ctx = opt->ctx;
 
     if (mkdir_p(opt->dir, err, errlen) != 0)
@@ -820,7 +919,13 @@ int journal_open(struct journal **out, const struct journal_options *opt, char *
         fmt_err(err, errlen, "cannot open", ACKED_FILE, errno);
         goto fail;
     }
-    uint64_t acked = read_acked(j->ackfd);
+    uint64_t acked = read_number(j->ackfd, ACKED_FILE);
+    j->leasefd = openat(j->dirfd, LEASE_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (j->leasefd < 0) {
+        fmt_err(err, errlen, "cannot open", LEASE_FILE, errno);
+        goto fail;
+    }
+    uint64_t lease = read_number(j->leasefd, LEASE_FILE);
     atomic_store(&j->acked, acked);
 
     if (list_segments(opt->dir, &firsts, &nfirsts, err, errlen) != 0)
@@ -839,8 +944,16 @@ int journal_open(struct journal **out, const struct journal_options *opt, char *
     }
     if (j->nsegs && j->segs[j->nsegs - 1].first - 1 > max_seq)
         max_seq = j->segs[j->nsegs - 1].first - 1;
-    j->next_seq = max_seq + 1;
+    j->last_seq = max_seq;
+    /* Above the lease: seqs below it may have been read ahead and published
+     * by a run that then died before they were written. */
+    j->next_seq = lease > max_seq + 1 ? lease : max_seq + 1;
     j->durable_seq = prev;
+    j->ahead_ok = true;
+    if (write_lease(j, j->next_seq + LEASE_SEQS) == 0)
+        j->lease = j->next_seq + LEASE_SEQS;
+    else
+        j->lease = j->next_seq; /* nothing is read ahead until the flusher can write it */
 
     if (!j->nsegs || j->segs[j->nsegs - 1].disk >= j->segment_bytes) {
         int e = 0;
@@ -890,6 +1003,10 @@ void journal_close(struct journal *j)
     pthread_mutex_unlock(&j->mu);
     if (j->flusher_started)
         pthread_join(j->flusher, NULL);
+    /* A clean stop hands out no seq below next_seq again: the next run
+     * continues without a gap. */
+    if (j->leasefd >= 0)
+        write_lease(j, j->next_seq);
     pthread_cond_destroy(&j->work);
     pthread_mutex_destroy(&j->mu);
     journal_free(j);
@@ -930,6 +1047,36 @@ static int seg_read_fd(struct journal *j, size_t i)
     if (s->fd < 0)
         log_error("journal: cannot open %s: %s", name, strerror(errno));
     return s->fd;
+}
+
+/* Layout of a record read back: header, topic, payload, NUL, a NUL-terminated
+ * copy of the topic. Grows *buf to hold the record described by h. */
+static int record_room(char **buf, size_t *cap, const struct rec_header *h)
+{
+    size_t need = (size_t)record_len(h) + 1 + h->topic_len + 1;
+    if (*cap >= need)
+        return 0;
+    char *nb = realloc(*buf, need);
+    if (!nb)
+        return -1;
+    *buf = nb;
+    *cap = need;
+    return 0;
+}
+
+/* b holds the whole record h (in the layout of record_room()): points rec into it. */
+static void record_unpack(char *b, const struct rec_header *h, const struct journal_pos *pos,
+                          struct journal_record *rec)
+{
+    size_t rl = (size_t)record_len(h);
+    b[rl] = '\0';
+    memcpy(b + rl + 1, b + REC_HEADER, h->topic_len);
+    b[rl + 1 + h->topic_len] = '\0';
+    rec->seq = h->seq;
+    rec->pos = *pos;
+    rec->topic = b + rl + 1;
+    rec->payload = b + REC_HEADER + h->topic_len;
+    rec->payload_len = h->payload_len;
 }
 
 int journal_read(struct journal *j, struct journal_pos *pos, struct journal_record *rec, char **buf,
@@ -986,17 +1133,10 @@ int journal_read(struct journal *j, struct journal_pos *pos, struct journal_reco
     if (why)
         goto damaged;
 
-    /* Layout in *buf: header, topic, payload, NUL, a NUL-terminated copy of the topic. */
     size_t rl = (size_t)record_len(&h);
-    size_t need = rl + 1 + h.topic_len + 1;
-    if (*cap < need) {
-        char *nb = realloc(*buf, need);
-        if (!nb) {
-            log_error("journal: out of memory reading %s", name);
-            return -1;
-        }
-        *buf = nb;
-        *cap = need;
+    if (record_room(buf, cap, &h) != 0) {
+        log_error("journal: out of memory reading %s", name);
+        return -1;
     }
     char *b = *buf;
     memcpy(b, hb, REC_HEADER);
@@ -1010,14 +1150,7 @@ int journal_read(struct journal *j, struct journal_pos *pos, struct journal_reco
         why = "crc mismatch";
         goto damaged;
     }
-    b[rl] = '\0';
-    memcpy(b + rl + 1, b + REC_HEADER, h.topic_len);
-    b[rl + 1 + h.topic_len] = '\0';
-    rec->seq = h.seq;
-    rec->pos = *pos;
-    rec->topic = b + rl + 1;
-    rec->payload = b + REC_HEADER + h.topic_len;
-    rec->payload_len = h.payload_len;
+    record_unpack(b, &h, pos, rec);
     pos->offset += rl;
     return 1;
 
@@ -1033,6 +1166,76 @@ damaged:
     log_error("journal: %s: damaged record at offset %" PRIu64 " (%s); skipped %" PRIu64 " bytes",
               name, off, why, pos->offset - off);
     return -1;
+}
+
+int journal_read_ahead(struct journal *j, uint64_t after_seq, struct journal_record *rec,
+                       char **buf, size_t *cap)
+{
+    int rc = 0;
+    pthread_mutex_lock(&j->mu);
+    if (after_seq < j->durable_seq) {
+        rc = JOURNAL_AHEAD_ON_DISK;
+        goto out;
+    }
+    /* The batch being written holds lower seqs than the pending buffer. */
+    const char *b = NULL;
+    uint64_t first = 0;
+    if (j->writing && j->writing_last > after_seq) {
+        b = j->writing;
+        first = j->writing_first;
+    } else if (j->pending_len && j->next_seq - 1 > after_seq) {
+        b = j->pending;
+        first = j->pending_first;
+    }
+    if (!b)
+        goto out;
+    /* Seqs between after_seq and first, if any, were burned by a failed commit. */
+    uint64_t want = after_seq + 1 > first ? after_seq + 1 : first;
+    if (!j->ahead_ok || want >= j->lease) {
+        rc = JOURNAL_AHEAD_HELD;
+        goto out;
+    }
+    struct rec_header h;
+    size_t off = 0;
+    if (j->ahead_first == first && j->ahead_seq == want) {
+        off = j->ahead_off;
+    } else {
+        for (uint64_t s = first; s < want; s++) {
+            header_decode(b + off, &h);
+            off += (size_t)record_len(&h);
+        }
+    }
+    header_decode(b + off, &h);
+    if (record_room(buf, cap, &h) != 0) {
+        log_error("journal: out of memory reading ahead");
+        rc = -1;
+        goto out;
+    }
+    memcpy(*buf, b + off, (size_t)record_len(&h));
+    record_unpack(*buf, &h, &(struct journal_pos){0, 0}, rec);
+    j->ahead_first = first;
+    j->ahead_seq = want + 1;
+    j->ahead_off = off + (size_t)record_len(&h);
+    j->ahead_placed = false;
+    if (b == j->writing)
+        ahead_place(j);
+    rc = 1;
+out:
+    pthread_mutex_unlock(&j->mu);
+    return rc;
+}
+
+void journal_ahead_pos(struct journal *j, uint64_t after_seq, struct journal_pos *pos)
+{
+    pthread_mutex_lock(&j->mu);
+    bool known = j->ahead_placed && j->ahead_seq == after_seq + 1;
+    if (known) {
+        pos->segment = j->ahead_seg;
+        pos->offset = j->ahead_file + j->ahead_off;
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (!known)
+        journal_seek(j, after_seq, pos);
 }
 
 void journal_seek(struct journal *j, uint64_t after_seq, struct journal_pos *pos)
@@ -1075,8 +1278,7 @@ void journal_set_acked(struct journal *j, uint64_t acked)
 {
     char buf[24];
     atomic_store(&j->acked, acked);
-    /* Fixed width, so that an overwrite in place never leaves old digits behind. */
-    int n = snprintf(buf, sizeof buf, "%020" PRIu64 "\n", acked);
+    int n = format_number(buf, acked);
     ssize_t w = pwrite(j->ackfd, buf, (size_t)n, 0);
     if (w != n && !j->ack_failing)
         log_error("journal: cannot write " ACKED_FILE ": %s",
@@ -1123,6 +1325,7 @@ void journal_get_stats(struct journal *j, struct journal_stats *st)
     st->max_bytes = j->max_bytes;
     st->durable_seq = j->durable_seq;
     st->next_seq = j->next_seq;
+    st->last_seq = j->last_seq;
     st->segments = j->nsegs;
     st->commits = j->commits;
     st->failed_commits = j->failed_commits;

@@ -99,9 +99,20 @@ static void on_commit(void *ctx, uint64_t first, uint64_t last, bool ok)
 {
     struct gateway *g = ctx;
     metrics_inc(METRIC_JOURNAL_COMMITS);
+    if (g->publisher) {
+        if (!ok)
+            publisher_commit_failed(g->publisher, first, last);
+        publisher_wake(g->publisher);
+    }
+    http_committed(atomic_load(&g->http), first, last, ok);
+}
+
+/* journal_append(), under ingest's lock: the publisher may read it ahead. */
+static void on_append(void *ctx)
+{
+    struct gateway *g = ctx;
     if (g->publisher)
         publisher_wake(g->publisher);
-    http_committed(atomic_load(&g->http), first, last, ok);
 }
 
 /* paho's callbacks, routed by tag: the poller's carry RRPOLL_TAG_BIT. */
@@ -248,7 +259,7 @@ static char *render_metrics(void *ctx, size_t *len)
     struct gateway *g = ctx;
     struct journal_stats st;
     journal_get_stats(g->journal, &st);
-    uint64_t last = st.next_seq > 0 ? st.next_seq - 1 : 0;
+    uint64_t last = st.last_seq;
     uint64_t acked = publisher_acked(g->publisher);
     struct metrics_gauges gauges = {
         .broker_connected = mqtt_is_connected(g->mqtt),
@@ -291,7 +302,7 @@ static json_object *render_state(void *ctx)
 
     struct journal_stats st;
     journal_get_stats(g->journal, &st);
-    uint64_t last = st.next_seq > 0 ? st.next_seq - 1 : 0;
+    uint64_t last = st.last_seq;
     uint64_t acked = publisher_acked(g->publisher);
     uint64_t since = mqtt_connected_since_ms(g->mqtt);
     json_object *b = json_object_new_object();
@@ -413,6 +424,7 @@ static int run(struct gateway *g, const sigset_t *signals)
         .max_bytes = (uint64_t)g->cfg.store.max_bytes,
         .segment_bytes = (uint64_t)g->cfg.store.segment_bytes,
         .on_commit = on_commit,
+        .on_append = on_append,
         .ctx = g,
     };
     if (journal_open(&g->journal, &jopt, err, sizeof err) != 0)

@@ -7,6 +7,13 @@
  * - `acked` only moves past a record when it and every record before it were
  *   acknowledged. Only then is the record forgotten: the watermark is stored
  *   with the journal and segments are released up to min(acked, snapshot seq).
+ * - Records are read ahead from the journal's memory as soon as they are
+ *   appended, so the broker hears of an event while its fdatasync runs (the
+ *   HTTP answer still waits for it). When the next record is already on disk
+ *   (the publisher fell behind) or held back (the journal cannot write), the
+ *   publisher reads the files from read_pos until it has caught up, then
+ *   reads ahead again. A record whose batch then fails to be written is
+ *   dropped from the window: its seq is burned, never resent.
  * - After every (re)connect everything in the window that is not acknowledged
  *   is sent again from the journal. paho's own session state cannot be
  *   trusted for this (it drops in-flight messages when the broker lost the
@@ -36,23 +43,28 @@
 #define TICK_MS 100
 #define ACK_PERSIST_MS 100
 #define RELEASE_MS 1000
-/* Retained state goes out at most this often: a device joining mid-race needs
- * the race as it is, not every intermediate standings table, and at thousands
- * of laps per second one state round per event would triple the traffic. */
-#define STATE_MIN_INTERVAL_US 20000
+/* Lap-driven retained state (controllers, standings) goes out at most this
+ * often: a device joining mid-race needs the race as it is, not every
+ * intermediate standings table, and at 200 laps per second one round per
+ * event was 1.5 extra messages per event. A change of status, flag, weather,
+ * VSC, event or track goes out at once, laps with it: light controllers
+ * follow those topics live. */
+#define STATE_MIN_INTERVAL_US 100000
 /* Counters for dashboards: every few seconds is plenty, and only on change. */
 #define STATS_INTERVAL_MS 5000
 
 struct slot {
     uint64_t seq;
-    struct journal_pos pos;
+    struct journal_pos pos; /* valid when placed; a record read ahead is found on resend */
+    bool placed;
     uint64_t sent_us;
     bool acked;
     bool needs_send; /* not sent on the current connection */
     char family[16];  /* for metrics: the topic level after the base */
 };
 
-/* Tags reported by paho, handed over under the lock. */
+/* Tags reported by paho (or seq ranges of failed commits, as pairs), handed
+ * over under the lock. */
 struct tag_list {
     uint64_t *v;
     size_t n, cap;
@@ -76,10 +88,14 @@ struct publisher {
     bool stop;
     uint64_t stop_deadline_us;
     struct tag_list acks, fails;
+    struct tag_list burned; /* first, last of each failed commit */
 
     /* Publisher thread only. */
     struct slot *window;
     size_t wcap, whead, wcount;
+    uint64_t read_seq; /* the last record taken into the window */
+    bool ahead;        /* reading ahead, not from read_pos */
+    bool pos_valid;    /* read_pos is just after read_seq */
     struct journal_pos read_pos;
     char *buf, *sealed;
     size_t bufcap, sealedcap;
@@ -144,6 +160,17 @@ void publisher_delivered(struct publisher *p, uint64_t tag)
     pthread_mutex_unlock(&p->lock);
 }
 
+void publisher_commit_failed(struct publisher *p, uint64_t first, uint64_t last)
+{
+    pthread_mutex_lock(&p->lock);
+    tag_push(&p->burned, first);
+    tag_push(&p->burned, last);
+    if (p->burned.n % 2)
+        p->burned.n--; /* no memory for last: the pair is dropped, see drop_burned() */
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
 void publisher_failed(struct publisher *p, uint64_t tag)
 {
     metrics_inc(METRIC_MQTT_PUBLISH_FAILED);
@@ -174,6 +201,8 @@ struct publisher *publisher_new(const struct config *cfg, struct journal *j, str
     uint64_t acked = journal_acked(j);
     atomic_store(&p->acked, acked);
     p->persisted_acked = acked;
+    p->read_seq = acked;
+    p->pos_valid = true;
     journal_seek(j, acked, &p->read_pos);
     return p;
 }
@@ -235,10 +264,10 @@ static void state_publish(void *ctx, const char *topic, const char *payload, siz
 /* Publishes changed state (or all of it after a refusal), rate limited. */
 static void publish_state(struct publisher *p, uint64_t now)
 {
-    if (now - p->last_state_us < STATE_MIN_INTERVAL_US)
+    bool all = p->state_resync, race = false;
+    if (!ingest_state_dirty(p->in, &race) && !all)
         return;
-    bool all = p->state_resync;
-    if (!all && !ingest_state_dirty(p->in))
+    if ((all || !race) && now - p->last_state_us < STATE_MIN_INTERVAL_US)
         return;
     p->state_resync = false;
     p->last_state_us = now;
@@ -274,7 +303,7 @@ static void publish_stats(struct publisher *p, bool force)
         return;
     struct journal_stats st;
     journal_get_stats(p->j, &st);
-    uint64_t last = st.next_seq > 0 ? st.next_seq - 1 : 0;
+    uint64_t last = st.last_seq;
     uint64_t acked = atomic_load(&p->acked);
     char text[sizeof p->last_stats];
     int len = snprintf(text, sizeof text,
@@ -340,16 +369,40 @@ static void set_family(struct publisher *p, struct slot *s, const char *topic)
  */
 static bool resend(struct publisher *p)
 {
+    /* Slots read ahead have no position yet: one search for the first, then
+     * the files are read forward, as the window is in seq order. */
+    struct journal_pos cur;
+    bool have_cur = false;
     for (size_t i = 0; i < p->wcount && p->connected; i++) {
         struct slot *s = slot_at(p, i);
         if (s->acked || !s->needs_send)
             continue;
-        struct journal_pos pos = s->pos;
         struct journal_record rec;
-        if (journal_read(p->j, &pos, &rec, &p->buf, &p->bufcap) != 1 || rec.seq != s->seq) {
-            log_error("publisher: cannot re-read seq %llu from the journal",
-                      (unsigned long long)s->seq);
-            continue;
+        int rc;
+        if (!s->placed) {
+            if (!have_cur)
+                journal_seek(p->j, s->seq - 1, &cur);
+            have_cur = true;
+            do {
+                s->pos = cur;
+                rc = journal_read(p->j, &cur, &rec, &p->buf, &p->bufcap);
+            } while (rc == 1 && rec.seq < s->seq);
+            s->placed = rc == 1 && rec.seq == s->seq;
+            if (rc == 1 && rec.seq > s->seq)
+                cur = s->pos; /* not on disk: the next slot starts here */
+            if (!s->placed) {
+                /* Not durable yet: still in memory, unless its commit failed. */
+                rc = journal_read_ahead(p->j, s->seq - 1, &rec, &p->buf, &p->bufcap);
+                if (rc != 1 || rec.seq != s->seq)
+                    return false; /* nothing newer goes out first; the next pass retries */
+            }
+        } else {
+            struct journal_pos pos = s->pos;
+            if (journal_read(p->j, &pos, &rec, &p->buf, &p->bufcap) != 1 || rec.seq != s->seq) {
+                log_error("publisher: cannot re-read seq %llu from the journal",
+                          (unsigned long long)s->seq);
+                continue;
+            }
         }
         if (!send_record(p, s, &rec))
             return false; /* refused: kept as needs_send, retried on the next pass */
@@ -357,24 +410,77 @@ static bool resend(struct publisher *p)
     return p->connected;
 }
 
-/* Reads and sends new durable records while the window has room. */
+/* The next record after read_seq: read ahead, or from the files while the
+ * journal says so. 1, or 0 when there is none (or an error, logged). */
+static int next_record(struct publisher *p, struct journal_record *rec, bool *placed,
+                       struct journal_pos *at)
+{
+    bool tried_ahead = p->ahead;
+    for (;;) {
+        if (p->ahead) {
+            int rc = journal_read_ahead(p->j, p->read_seq, rec, &p->buf, &p->bufcap);
+            if (rc == 1) {
+                p->pos_valid = false;
+                *placed = false;
+                return 1;
+            }
+            if (rc != JOURNAL_AHEAD_ON_DISK && rc != JOURNAL_AHEAD_HELD)
+                return 0;
+            if (!p->pos_valid)
+                journal_ahead_pos(p->j, p->read_seq, &p->read_pos);
+            p->pos_valid = true;
+            p->ahead = false;
+        }
+        *at = p->read_pos;
+        int rc = journal_read(p->j, &p->read_pos, rec, &p->buf, &p->bufcap);
+        if (rc == 1) {
+            *placed = true;
+            return 1;
+        }
+        /* Caught up with the files: memory is next, once per call (a held
+         * record makes the journal say "files" again). */
+        if (rc != 0 || tried_ahead)
+            return 0;
+        p->ahead = tried_ahead = true;
+    }
+}
+
+/* Reads and sends new records while the window has room. */
 static void fill(struct publisher *p)
 {
     while (p->connected && p->wcount < p->wcap) {
-        struct journal_pos before = p->read_pos;
+        struct journal_pos at = {0, 0};
         struct journal_record rec;
-        int rc = journal_read(p->j, &p->read_pos, &rec, &p->buf, &p->bufcap);
-        if (rc != 1)
+        bool placed;
+        if (next_record(p, &rec, &placed, &at) != 1)
             return;
+        p->read_seq = rec.seq;
         struct slot *s = slot_at(p, p->wcount);
         memset(s, 0, sizeof *s);
         s->seq = rec.seq;
-        s->pos = before;
+        s->pos = at;
+        s->placed = placed;
         s->needs_send = true;
         set_family(p, s, rec.topic);
         p->wcount++;
         if (!send_record(p, s, &rec))
             return; /* refused: kept as needs_send, retried on the next pass */
+    }
+}
+
+/* Records of a failed commit are gone from the journal: never resent, and
+ * the watermark may pass them. (A pair lost to no memory leaves its slots
+ * to be re-read on the next reconnect, which fails with a log line.) */
+static void drop_burned(struct publisher *p, const struct tag_list *burned)
+{
+    for (size_t k = 0; k + 1 < burned->n; k += 2) {
+        for (size_t i = 0; i < p->wcount; i++) {
+            struct slot *s = slot_at(p, i);
+            if (s->seq >= burned->v[k] && s->seq <= burned->v[k + 1]) {
+                s->acked = true;
+                s->needs_send = false;
+            }
+        }
     }
 }
 
@@ -427,21 +533,25 @@ static bool drained(struct publisher *p)
 {
     struct journal_stats st;
     journal_get_stats(p->j, &st);
-    return p->wcount == 0 && atomic_load(&p->acked) + 1 >= st.next_seq;
+    return p->wcount == 0 && atomic_load(&p->acked) >= st.last_seq;
 }
 
 static void *run(void *arg)
 {
     struct publisher *p = arg;
-    struct tag_list acks = {0}, fails = {0};
+    struct tag_list acks = {0}, fails = {0}, burned = {0};
 
+    /* Asked before taking the lock: ingest appends under its own lock and
+     * then wakes us (journal on_append), so ingest's lock is never taken
+     * inside ours. */
+    bool state_due = false;
     pthread_mutex_lock(&p->lock);
     for (;;) {
         if (!p->wake && !p->connected_event && !p->republish_event && !p->stop && p->fails.n == 0 &&
-            (p->acks.n == 0 || !p->want_acks)) {
+            p->burned.n == 0 && (p->acks.n == 0 || !p->want_acks)) {
             /* Sleep until the next tick, or sooner when a state round is due. */
             long wait_ns = TICK_MS * 1000000L;
-            if (p->connected && (p->state_resync || ingest_state_dirty(p->in)))
+            if (state_due)
                 wait_ns = STATE_MIN_INTERVAL_US * 1000L;
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
@@ -461,6 +571,10 @@ static void *run(void *arg)
         p->fails = fails;
         fails = t;
         p->fails.n = 0;
+        t = p->burned;
+        p->burned = burned;
+        burned = t;
+        p->burned.n = 0;
         bool reconnected = p->connected_event;
         bool republish = p->republish_event;
         bool stopping = p->stop;
@@ -485,8 +599,9 @@ static void *run(void *arg)
             republish_all(p);
         }
 
+        drop_burned(p, &burned);
         apply_acks(p, &acks, &fails);
-        acks.n = fails.n = 0;
+        acks.n = fails.n = burned.n = 0;
         if (p->connected) {
             if (resend(p))
                 fill(p);
@@ -497,11 +612,13 @@ static void *run(void *arg)
 
         if (stopping && (drained(p) || now_us() >= deadline))
             break;
+        state_due = p->connected && (p->state_resync || ingest_state_dirty(p->in, NULL));
         pthread_mutex_lock(&p->lock);
         p->want_acks = stopping || p->wcount == p->wcap;
     }
     free(acks.v);
     free(fails.v);
+    free(burned.v);
     if (!drained(p))
         log_warn("publisher: stopping with events not yet acknowledged; they stay in the "
                  "journal and go out after the next start");
@@ -540,6 +657,7 @@ void publisher_free(struct publisher *p)
     publisher_stop(p, 0);
     free(p->acks.v);
     free(p->fails.v);
+    free(p->burned.v);
     free(p->window);
     free(p->buf);
     free(p->sealed);

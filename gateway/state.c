@@ -1080,6 +1080,11 @@ bool state_dirty(const struct state *st)
     return false;
 }
 
+bool state_race_dirty(const struct state *st)
+{
+    return (st->dirty & ~(unsigned)D_STANDINGS) || st->ndeleted;
+}
+
 void state_controllers(const struct state *st, state_controller_fn fn, void *ctx)
 {
     for (size_t i = 0; i < st->nctrl; i++)

@@ -68,7 +68,9 @@ enum ingest_result ingest_event(struct ingest *in, const char *body, size_t len,
 
 /* Publisher side: see state_emit(). Takes the lock for the duration. */
 void ingest_emit_state(struct ingest *in, bool all, state_emit_fn fn, void *ctx);
-bool ingest_state_dirty(struct ingest *in);
+/* Whether state_emit() has something to emit; *race (may be NULL): see
+ * state_race_dirty(). */
+bool ingest_state_dirty(struct ingest *in, bool *race);
 
 /* See state_view(); caller puts it. Takes the lock for the duration. */
 struct json_object *ingest_view(struct ingest *in);

@@ -9,6 +9,13 @@
  * from the files, so a long broker outage costs disk, not memory. Records are
  * forgotten by deleting whole segments once the reader has released them.
  *
+ * So that publishing need not wait for the disk, the reader may also take
+ * records that are not durable yet straight from memory (journal_read_ahead).
+ * Such a record may be delivered and then lost in a crash (its client never
+ * got a 2xx), so its seq must never be handed out again: seqs are leased in
+ * blocks, the lease is durable before a seq in it is read ahead, and after a
+ * crash numbering continues above the lease.
+ *
  * Thread safety: journal_append() may be called from any thread; the reader
  * functions from one thread at a time.
  */
@@ -35,6 +42,10 @@ struct journal_options {
      * they are gone and their seqs are never used again). Must only hand off.
      */
     void (*on_commit)(void *ctx, uint64_t first, uint64_t last, bool ok);
+    /* Called by journal_append() after a record was queued (outside the
+     * journal's lock, inside the caller's): a record can be read ahead. May be
+     * NULL. Must only hand off. */
+    void (*on_append)(void *ctx);
     void *ctx;
 };
 
@@ -97,6 +108,31 @@ void journal_seek(struct journal *j, uint64_t after_seq, struct journal_pos *pos
 int journal_read(struct journal *j, struct journal_pos *pos, struct journal_record *rec,
                  char **buf, size_t *cap);
 
+/* journal_read_ahead() results besides 1 (a record) and 0 (nothing newer). */
+enum {
+    JOURNAL_AHEAD_ON_DISK = 2, /* the next record is durable already: journal_read() it */
+    JOURNAL_AHEAD_HELD = 3,    /* the next record must wait until it is durable */
+};
+
+/*
+ * The record with the lowest seq > after_seq, if it is not durable yet: copied
+ * from memory into *buf like journal_read() does, except that rec->pos is not
+ * known yet (zero). Held back while the journal cannot write (after a failed
+ * commit, until one succeeds: a record that may fail should not go out first)
+ * and beyond the seq lease. Same thread rules as journal_read(); keeps a
+ * cursor, so reading a batch in seq order costs no search.
+ */
+int journal_read_ahead(struct journal *j, uint64_t after_seq, struct journal_record *rec,
+                       char **buf, size_t *cap);
+
+/*
+ * Where journal_read() goes on after after_seq, for a reader that switches
+ * from reading ahead to reading the files (JOURNAL_AHEAD_ON_DISK or _HELD).
+ * Without a search when after_seq was the last record read ahead and its batch
+ * went to disk; otherwise like journal_seek().
+ */
+void journal_ahead_pos(struct journal *j, uint64_t after_seq, struct journal_pos *pos);
+
 /*
  * The reader's acknowledgement watermark: every record with seq <= acked has
  * reached the broker. Stored on disk (without fsync: losing it only means
@@ -115,6 +151,8 @@ struct journal_stats {
     uint64_t max_bytes;
     uint64_t durable_seq; /* highest seq known durable, 0 if none */
     uint64_t next_seq;    /* the seq the next append gets */
+    uint64_t last_seq;    /* the highest seq handed out or recovered, 0 if none; below
+                             next_seq - 1 after a crash (the unused rest of the lease) */
     uint64_t segments;
     uint64_t commits;        /* group commits since open: one write + fdatasync each */
     uint64_t failed_commits; /* batches that could not be written (on_commit !ok) */

@@ -32,6 +32,9 @@ void publisher_connected(struct publisher *p);
 void publisher_connection_lost(struct publisher *p);
 void publisher_delivered(struct publisher *p, uint64_t tag);
 void publisher_failed(struct publisher *p, uint64_t tag);
+/* The journal could not write seqs first..last (on_commit !ok): any of them
+ * read ahead are dropped, not resent. Any thread; only hands off. */
+void publisher_commit_failed(struct publisher *p, uint64_t first, uint64_t last);
 
 /* Starts the thread that publishes through m (borrowed). */
 int publisher_start(struct publisher *p, struct mqtt *m, char *err, size_t errlen);

@@ -46,6 +46,11 @@ void state_emit(struct state *st, bool all, state_emit_fn fn, void *ctx);
 /* True when state_emit(st, false, ...) would emit something. */
 bool state_dirty(const struct state *st);
 
+/* True when a race-level topic changed (status, flag, weather, VSC, event,
+ * track) or a controller is to be deleted: changes worth sending at once,
+ * unlike the laps that move controllers and standings. */
+bool state_race_dirty(const struct state *st);
+
 /* Calls fn for every controller in the state, in no particular order, with
  * its topic level and the seq of its last event (0 after a restart, until
  * its next event). For outputs that follow the controllers (discovery). */

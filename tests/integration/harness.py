@@ -1887,20 +1887,33 @@ def metric(gw, name):
     return None
 
 
-def sockfault_env(publish_n):
-    """Environment that preloads tests/faults/sockfault.c into a gateway so that
-    its broker socket is shut down under the publish_n-th first-time QoS 1
-    PUBLISH (the write then fails with EPIPE)."""
-    lib = os.environ.get("R2M_SOCKFAULT") or os.path.join(REPO, "build", "tests",
-                                                          "libr2m_sockfault.so")
+def _fault_env(name, settings):
+    """Environment that preloads the fault library tests/faults/<name>.c
+    (path in $R2M_<NAME>) into a gateway, with its settings."""
+    var = "R2M_" + name.upper()
+    lib = os.environ.get(var) or os.path.join(REPO, "build", "tests", "libr2m_%s.so" % name)
     if not os.path.exists(lib):
-        raise AssertionError("fault library %s missing (set R2M_SOCKFAULT)" % lib)
+        raise AssertionError("fault library %s missing (set %s)" % (lib, var))
     asan = os.environ.get("ASAN_OPTIONS", "")
     # An ASan gateway insists on its runtime coming first; the fault library
     # has no sanitizer and intercepts one libc call, so the order is harmless.
     asan = (asan + ":" if asan else "") + "verify_asan_link_order=0"
-    return {"LD_PRELOAD": lib, "R2M_SOCKFAULT_PUBLISH_N": str(publish_n),
-            "ASAN_OPTIONS": asan}
+    env = {"LD_PRELOAD": lib, "ASAN_OPTIONS": asan}
+    env.update(settings)
+    return env
+
+
+def sockfault_env(publish_n):
+    """Preloads tests/faults/sockfault.c: the gateway's broker socket is shut
+    down under the publish_n-th first-time QoS 1 PUBLISH (the write then
+    fails with EPIPE)."""
+    return _fault_env("sockfault", {"R2M_SOCKFAULT_PUBLISH_N": str(publish_n)})
+
+
+def slowsync_env(ms):
+    """Preloads tests/faults/slowsync.c: every journal fdatasync takes ms
+    longer."""
+    return _fault_env("slowsync", {"R2M_SLOWSYNC_MS": str(ms)})
 
 
 BROKER_REFUSALS_RE = r"disconnected due to (malformed packet|protocol error)"

@@ -1,8 +1,9 @@
 /*
  * test_journal.c - the durable queue against real files in a temp directory:
  * round trips, group commit bookkeeping, concurrency, recovery from torn and
- * corrupt segments, limits, a write failure (RLIMIT_FSIZE -> EFBIG) and a
- * printed (not asserted) throughput measurement.
+ * corrupt segments, limits, a write failure (RLIMIT_FSIZE -> EFBIG), reading
+ * ahead of the disk and the seq lease, and a printed (not asserted)
+ * throughput measurement.
  */
 #include "race2mqtt/journal.h"
 
@@ -42,6 +43,9 @@ struct tracker {
     uint64_t prev_last;
     uint64_t calls, failed;
     bool out_of_order;
+    /* While gate_closed, on_commit blocks (in_gate), and with it the flusher:
+     * what is appended meanwhile stays in memory, not durable. */
+    bool gate_closed, in_gate;
 };
 
 struct fixture {
@@ -70,7 +74,35 @@ static void on_commit(void *ctx, uint64_t first, uint64_t last, bool ok)
     if (!ok)
         t->failed++;
     pthread_cond_broadcast(&t->cv);
+    while (t->gate_closed) {
+        t->in_gate = true;
+        pthread_cond_broadcast(&t->cv);
+        pthread_cond_wait(&t->cv, &t->mu);
+    }
+    t->in_gate = false;
     pthread_mutex_unlock(&t->mu);
+}
+
+static void gate_set(struct tracker *t, bool closed)
+{
+    pthread_mutex_lock(&t->mu);
+    t->gate_closed = closed;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* Waits until the flusher blocks in on_commit; false after 20 s. */
+static bool wait_in_gate(struct tracker *t)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    pthread_mutex_lock(&t->mu);
+    while (!t->in_gate && pthread_cond_timedwait(&t->cv, &t->mu, &until) != ETIMEDOUT)
+        ;
+    bool in = t->in_gate;
+    pthread_mutex_unlock(&t->mu);
+    return in;
 }
 
 /* Waits until on_commit has covered seq; false after 20 s. */
@@ -542,6 +574,203 @@ static void test_reopen_continues(void **state)
     assert_int_equal(append_n(f, 14), 14);
 }
 
+/* Appends "payload-<i>" to "t/<i>" without waiting for it to be durable. */
+static uint64_t append_nowait(struct fixture *f, unsigned i)
+{
+    char topic[32], payload[64];
+    snprintf(topic, sizeof topic, "t/%u", i);
+    int n = snprintf(payload, sizeof payload, "payload-%u", i);
+    return append_ok(f->j, topic, payload, (size_t)n);
+}
+
+/* Records not durable yet come from memory; durable ones are left to the files. */
+static void test_read_ahead(void **state)
+{
+    struct fixture *f = *state;
+    struct journal_record r;
+    struct journal_pos pos;
+    char *buf = NULL;
+    size_t cap = 0;
+    open_journal(f);
+    assert_int_equal(append_n(f, 1), 1);
+    assert_int_equal(journal_read_ahead(f->j, 0, &r, &buf, &cap), JOURNAL_AHEAD_ON_DISK);
+    assert_int_equal(journal_read_ahead(f->j, 1, &r, &buf, &cap), 0);
+
+    /* The flusher blocks after making 2 durable; 3 and 4 stay pending. */
+    gate_set(&f->t, true);
+    assert_int_equal(append_nowait(f, 2), 2);
+    assert_true(wait_in_gate(&f->t));
+    assert_int_equal(append_nowait(f, 3), 3);
+    assert_int_equal(append_nowait(f, 4), 4);
+    assert_int_equal(journal_read_ahead(f->j, 1, &r, &buf, &cap), JOURNAL_AHEAD_ON_DISK);
+    assert_int_equal(journal_read_ahead(f->j, 2, &r, &buf, &cap), 1);
+    assert_int_equal(r.seq, 3);
+    expect_record(&r, 3);
+    assert_int_equal(journal_read_ahead(f->j, 3, &r, &buf, &cap), 1);
+    assert_int_equal(r.seq, 4);
+    expect_record(&r, 4);
+    assert_int_equal(journal_read_ahead(f->j, 4, &r, &buf, &cap), 0);
+    /* Out of the cursor's order too (a resend): found by a search. */
+    assert_int_equal(journal_read_ahead(f->j, 2, &r, &buf, &cap), 1);
+    assert_int_equal(r.seq, 3);
+    /* The files do not have them yet. */
+    journal_ahead_pos(f->j, 2, &pos);
+    assert_int_equal(journal_read(f->j, &pos, &r, &buf, &cap), 0);
+
+    /* Now 3 and 4 are written: from the files, at the place the cursor knew
+     * (it stands after 3, the last record read ahead). */
+    assert_int_equal(journal_read_ahead(f->j, 2, &r, &buf, &cap), 1);
+    assert_int_equal(r.seq, 3);
+    gate_set(&f->t, false);
+    assert_true(wait_decided(&f->t, 4));
+    assert_int_equal(journal_read_ahead(f->j, 4, &r, &buf, &cap), 0);
+    assert_int_equal(journal_read_ahead(f->j, 3, &r, &buf, &cap), JOURNAL_AHEAD_ON_DISK);
+    journal_ahead_pos(f->j, 3, &pos);
+    assert_int_equal(journal_read(f->j, &pos, &r, &buf, &cap), 1);
+    assert_int_equal(r.seq, 4);
+    expect_record(&r, 4);
+    assert_int_equal(journal_read(f->j, &pos, &r, &buf, &cap), 0);
+    /* And by a search when the cursor is elsewhere. */
+    journal_ahead_pos(f->j, 2, &pos);
+    assert_int_equal(journal_read(f->j, &pos, &r, &buf, &cap), 1);
+    assert_int_equal(r.seq, 3);
+    free(buf);
+}
+
+/* fork() with a pipe from the child to the parent: 0 in the child, which
+ * writes fds[1]; the child's pid in the parent, which reads fds[0]. */
+static pid_t fork_reporter(int fds[2])
+{
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    close(fds[pid == 0 ? 0 : 1]);
+    return pid;
+}
+
+static void kill9(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));
+}
+
+/* kill -9 while records are read ahead but not written: their seqs are
+ * never handed out again (the lease), and a clean stop leaves no gap. */
+static void test_lease(void **state)
+{
+    struct fixture *f = *state;
+    int fds[2];
+    pid_t pid = fork_reporter(fds);
+    if (pid == 0) {
+        f->j = NULL;
+        open_journal(f);
+        for (unsigned i = 1; i <= 5; i++)
+            append_n(f, i);
+        gate_set(&f->t, true);
+        uint64_t seq = append_nowait(f, 6);
+        if (!wait_in_gate(&f->t))
+            _exit(2);
+        for (unsigned i = 7; i <= 9; i++) {
+            seq = append_nowait(f, i);
+            struct journal_record r;
+            char *buf = NULL;
+            size_t cap = 0;
+            if (journal_read_ahead(f->j, seq - 1, &r, &buf, &cap) != 1 || r.seq != seq)
+                _exit(3);
+            free(buf);
+        }
+        if (write(fds[1], &seq, sizeof seq) != sizeof seq)
+            _exit(4);
+        for (;;)
+            pause();
+    }
+    uint64_t handed = 0;
+    assert_int_equal(read(fds[0], &handed, sizeof handed), sizeof handed);
+    close(fds[0]);
+    assert_int_equal(handed, 9);
+    kill9(pid);
+
+    open_journal(f);
+    uint64_t *seqs;
+    size_t n = read_all(f->j, &seqs);
+    free(seqs);
+    assert_int_equal(n, 6); /* 7..9 never reached the disk */
+    struct journal_stats st;
+    journal_get_stats(f->j, &st);
+    assert_true(st.next_seq > handed);
+    assert_int_equal(st.last_seq, 6);
+    uint64_t next = append_n(f, 10);
+    assert_true(next > handed);
+    reopen(f);
+    assert_int_equal(append_n(f, 11), next + 1);
+}
+
+struct file_limit {
+    struct sigaction sa;
+    struct rlimit rl;
+    char name[64];
+};
+
+/* Opens the journal with records 1..3, then limits file sizes (RLIMIT_FSIZE,
+ * SIGXFSZ ignored) to 100 bytes past the segment, so that a 1 KiB record
+ * fails with EFBIG. Returns the segment's size; unlimit_files() undoes it. */
+static off_t limit_files(struct fixture *f, struct file_limit *lim)
+{
+    open_journal(f);
+    for (unsigned i = 1; i <= 3; i++)
+        append_n(f, i);
+    char names[4][64];
+    assert_int_equal(list_segs(f->dir, names, 4), 1);
+    memcpy(lim->name, names[0], sizeof lim->name);
+    off_t size = file_size(f->dir, names[0]);
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigaction(SIGXFSZ, &ign, &lim->sa);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &lim->rl), 0);
+    struct rlimit rl = lim->rl;
+    rl.rlim_cur = (rlim_t)size + 100;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    return size;
+}
+
+static void unlimit_files(const struct file_limit *lim)
+{
+    setrlimit(RLIMIT_FSIZE, &lim->rl);
+    sigaction(SIGXFSZ, &lim->sa, NULL);
+}
+
+/* After a failed write nothing is read ahead until a write succeeds. */
+static void test_read_ahead_held(void **state)
+{
+    struct fixture *f = *state;
+    struct file_limit lim;
+    limit_files(f, &lim);
+    char big[1024];
+    memset(big, 'B', sizeof big);
+    gate_set(&f->t, true);
+    uint64_t s1 = append_ok(f->j, "big", big, sizeof big);
+    bool blocked = wait_in_gate(&f->t);
+    uint64_t s2 = append_ok(f->j, "big", big, sizeof big);
+    struct journal_record r;
+    char *buf = NULL;
+    size_t cap = 0;
+    int held = journal_read_ahead(f->j, s1, &r, &buf, &cap);
+    unlimit_files(&lim);
+    gate_set(&f->t, false);
+    assert_true(blocked);
+    assert_false(f->t.ok[s1]);
+    assert_int_equal(held, JOURNAL_AHEAD_HELD);
+
+    assert_true(wait_decided(&f->t, s2));
+    assert_true(f->t.ok[s2]);
+    uint64_t s3 = append_n(f, 4);
+    (void)s3;
+    /* Written again: s2 is on disk and nothing newer is waiting. */
+    assert_int_equal(journal_read_ahead(f->j, s1, &r, &buf, &cap), JOURNAL_AHEAD_ON_DISK);
+    free(buf);
+}
+
 static void test_roll_and_release(void **state)
 {
     struct fixture *f = *state;
@@ -696,8 +925,9 @@ static void test_torn_tail(void **state)
     /* The torn record (seq 10) was never durable; its bytes are gone from the file. */
     off_t rec10 = HEADER + 4 + 10; /* "t/10" + "payload-10" */
     assert_int_equal(file_size(f->dir, name), size - rec10);
-    /* Seq 10 may be handed out again: nobody was ever told it was durable. */
-    assert_int_equal(append_n(f, 11), 10);
+    /* Seq 10 is not handed out again: it may have been read ahead and
+     * published before its write was torn. The lease says where to go on. */
+    assert_int_equal(append_n(f, 11), 11);
     n = read_all(f->j, &seqs);
     assert_int_equal(n, 10);
     free(seqs);
@@ -896,32 +1126,18 @@ static void test_too_big(void **state)
 static void test_write_failure(void **state)
 {
     struct fixture *f = *state;
-    open_journal(f);
-    for (unsigned i = 1; i <= 3; i++)
-        append_n(f, i);
-    char names[4][64];
-    assert_int_equal(list_segs(f->dir, names, 4), 1);
-    off_t size = file_size(f->dir, names[0]);
-
-    struct sigaction ign = {.sa_handler = SIG_IGN}, old_sa;
-    sigaction(SIGXFSZ, &ign, &old_sa);
-    struct rlimit old_rl, rl;
-    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old_rl), 0);
-    rl = old_rl;
-    rl.rlim_cur = (rlim_t)size + 100;
-    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
-
+    struct file_limit lim;
+    off_t size = limit_files(f, &lim);
     char big[1024];
     memset(big, 'B', sizeof big);
     uint64_t s1 = append_ok(f->j, "big", big, sizeof big);
     bool decided = wait_decided(&f->t, s1);
-    setrlimit(RLIMIT_FSIZE, &old_rl);
-    sigaction(SIGXFSZ, &old_sa, NULL);
+    unlimit_files(&lim);
 
     assert_true(decided);
     assert_int_equal(f->t.seen[s1], 1);
     assert_false(f->t.ok[s1]);
-    assert_int_equal(file_size(f->dir, names[0]), size);
+    assert_int_equal(file_size(f->dir, lim.name), size);
     struct journal_stats st;
     journal_get_stats(f->j, &st);
     assert_int_equal(st.failed_commits, 1);
@@ -1002,11 +1218,8 @@ static void test_crash_kill9(void **state)
 {
     struct fixture *f = *state;
     int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
+    pid_t pid = fork_reporter(fds);
     if (pid == 0) {
-        close(fds[0]);
         struct journal_options opt = f->opt;
         opt.segment_bytes = 32 * 1024;
         opt.on_commit = child_on_commit;
@@ -1021,18 +1234,14 @@ static void test_crash_kill9(void **state)
         for (;;)
             pause();
     }
-    close(fds[1]);
     uint64_t durable = 0, last;
     while (durable < 20000 && read(fds[0], &last, sizeof last) == sizeof last)
         durable = last;
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
+    kill9(pid);
     /* Reports already in the pipe are durable too. */
     while (read(fds[0], &last, sizeof last) == sizeof last)
         durable = last;
     close(fds[0]);
-    assert_true(WIFSIGNALED(status));
     assert_true(durable >= 20000);
 
     open_journal(f);
@@ -1138,6 +1347,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_continues, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_ahead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_ahead_held, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roll_and_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acked_persists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seek, setup, teardown),

@@ -206,6 +206,34 @@ static void test_status(void **state)
     assert_false(state_dirty(st));
 }
 
+/* Which changes the publisher sends at once (race level) and which it may
+ * hold back for a moment (laps, and what moves one controller). */
+static void test_race_dirty(void **state)
+{
+    struct state *st = ST;
+    struct capture *c = CAP;
+    lap(st, 1, 1000, "1", 1, 9000);
+    assert_true(state_dirty(st));
+    assert_false(state_race_dirty(st));
+    apply(st, 2, "{\"event_type\":\"event.pit.enter\",\"event_data\":\"1\"}");
+    assert_false(state_race_dirty(st));
+    emit(st, false, c);
+    assert_false(state_dirty(st));
+    const char *race[] = {
+        "{\"event_type\":\"event.change_status\",\"event_data\":{\"new\":\"running\"}}",
+        "{\"event_type\":\"race.vsc_deployed\"}",
+        "{\"event_type\":\"events.weather_change\",\"event_data\":\"wet\"}",
+        "{\"event_type\":\"ui.remove_car_from_session\",\"event_data\":\"1\"}",
+    };
+    for (size_t i = 0; i < sizeof race / sizeof race[0]; i++) {
+        apply(st, 3 + i, race[i]);
+        assert_true(state_race_dirty(st));
+        emit(st, false, c);
+        assert_false(state_race_dirty(st));
+        assert_false(state_dirty(st));
+    }
+}
+
 static void test_weather(void **state)
 {
     struct state *st = ST;
@@ -1638,6 +1666,7 @@ int main(void)
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_status),
+        T(test_race_dirty),
         T(test_weather),
         T(test_vsc),
         T(test_event),
