@@ -695,9 +695,21 @@ static void *supervise(void *arg)
     return NULL;
 }
 
+static void paho_init(void)
+{
+    MQTTAsync_init_options init = MQTTAsync_init_options_initializer;
+    init.do_openssl_init = 0;
+    MQTTAsync_global_init(&init);
+}
+
 int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_callbacks *cb,
              char *err, size_t errlen)
 {
+    /* Before the first client: paho's own OpenSSL set-up (every error string,
+     * every algorithm) is resident memory a tcp:// connection never uses;
+     * OpenSSL 3 initialises itself on the first TLS use, strings included. */
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, paho_init);
     *out = NULL;
     struct mqtt *m = calloc(1, sizeof *m);
     if (!m) {
