@@ -423,6 +423,7 @@ static int run(struct gateway *g, const sigset_t *signals)
         .dir = jdir,
         .max_bytes = (uint64_t)g->cfg.store.max_bytes,
         .segment_bytes = (uint64_t)g->cfg.store.segment_bytes,
+        .prealloc_bytes = JOURNAL_PREALLOC_BYTES,
         .on_commit = on_commit,
         .on_append = on_append,
         .ctx = g,

@@ -26,6 +26,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What the gateway preallocates: one extra fdatasync'd write per MiB. */
+#define JOURNAL_PREALLOC_BYTES (1024u * 1024)
+
 /* Largest topic and payload a record may hold. */
 #define JOURNAL_MAX_TOPIC 1024
 #define JOURNAL_MAX_PAYLOAD (16u * 1024 * 1024)
@@ -36,6 +39,8 @@ struct journal_options {
     const char *dir;        /* the journal's own directory; created if missing */
     uint64_t max_bytes;     /* live bytes on disk + pending; beyond -> JOURNAL_FULL; 0: no limit */
     uint64_t segment_bytes; /* a segment is closed and a new one started past this; 0: 64 MiB */
+    uint64_t prealloc_bytes; /* zeros written ahead of the active segment's end at a time
+                                (JOURNAL_PREALLOC_BYTES); 0: none, the file grows by appends */
     /*
      * Called on the flusher thread after each group commit: records with seq
      * first..last are durable (ok) or were not written (!ok, e.g. disk full;

@@ -1798,9 +1798,10 @@ class JournalRecord:
 
 
 def journal_read_segment(path):
-    """(records, offset where the valid records end, file size): every record
-    from the start of the file up to the first one that is incomplete or whose
-    magic or CRC is wrong."""
+    """(records, offset where the valid records end, size of the data): every
+    record from the start of the file up to the first one that is incomplete
+    or whose magic or CRC is wrong. Zeros after the last record are the
+    journal's preallocation, not data: then the size is where the records end."""
     import struct
     import zlib
     with open(path, "rb") as f:
@@ -1817,7 +1818,8 @@ def journal_read_segment(path):
         topic = data[off + JOURNAL_HEADER:off + JOURNAL_HEADER + tl].decode("utf-8", "replace")
         recs.append(JournalRecord(off, n, seq, topic, data[off + JOURNAL_HEADER + tl:off + n]))
         off += n
-    return recs, off, len(data)
+    size = off if data.count(0, off) == len(data) - off else len(data)
+    return recs, off, size
 
 
 class FsizeGateway(Gateway):

@@ -771,6 +771,155 @@ static void test_read_ahead_held(void **state)
     free(buf);
 }
 
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+/* Zeros written ahead: the file grows a chunk at a time, a crash leaves a
+ * zero tail that recovery takes as the clean end, a clean stop cuts it. */
+static void test_prealloc(void **state)
+{
+    struct fixture *f = *state;
+    const off_t chunk = 64 * 1024;
+    f->opt.prealloc_bytes = (uint64_t)chunk;
+    open_journal(f);
+    for (unsigned i = 1; i <= 10; i++)
+        append_n(f, i);
+    char names[4][64], path[256], saved[256];
+    assert_int_equal(list_segs(f->dir, names, 4), 1);
+    snprintf(path, sizeof path, "%s/%s", f->dir, names[0]);
+    snprintf(saved, sizeof saved, "%s/crashed.bin", f->root);
+    struct journal_stats st;
+    journal_get_stats(f->j, &st);
+    off_t records = (off_t)st.bytes; /* the zeros are not counted */
+    assert_true(records > 0 && records < chunk);
+    assert_int_equal(file_size(f->dir, names[0]), chunk);
+    copy_file(path, saved); /* what a kill -9 leaves */
+
+    journal_close(f->j);
+    f->j = NULL;
+    assert_int_equal(file_size(f->dir, names[0]), records);
+
+    /* Restarted after a crash: no damage, nothing lost, writing goes on
+     * right after the last record. */
+    copy_file(saved, path);
+    struct capture c;
+    capture_start(&c, f);
+    open_journal(f);
+    char *log = capture_end(&c);
+    assert_int_equal(count_lines_with(log, "dropped"), 0);
+    free(log);
+    uint64_t *seqs;
+    assert_int_equal(read_all(f->j, &seqs), 10);
+    free(seqs);
+    assert_int_equal(append_n(f, 11), 11);
+    size_t n = read_all(f->j, &seqs);
+    assert_int_equal(n, 11);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(seqs[i], i + 1);
+    free(seqs);
+    assert_int_equal(file_size(f->dir, names[0]), chunk);
+
+    /* A record torn in the preallocated area is damage, as anywhere. */
+    journal_close(f->j);
+    f->j = NULL;
+    copy_file(saved, path);
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    static const unsigned char torn[12] = {0x52, 0x32, 0x4d, 0x4a, 1, 2, 3, 4, 11};
+    assert_int_equal(pwrite(fd, torn, sizeof torn, records), (ssize_t)sizeof torn);
+    close(fd);
+    capture_start(&c, f);
+    open_journal(f);
+    log = capture_end(&c);
+    assert_int_equal(count_lines_with(log, "dropped"), 1);
+    free(log);
+    assert_int_equal(read_all(f->j, &seqs), 10);
+    free(seqs);
+    assert_int_equal(file_size(f->dir, names[0]), records);
+}
+
+/* A rolled segment keeps no zeros: it is cut to its records. */
+static void test_prealloc_roll(void **state)
+{
+    struct fixture *f = *state;
+    f->opt.segment_bytes = 8192;
+    f->opt.prealloc_bytes = 4096;
+    open_journal(f);
+    char payload[1000];
+    memset(payload, 'p', sizeof payload);
+    char names[4][64];
+    for (int i = 0; i < 40 && list_segs(f->dir, names, 4) < 2; i++)
+        assert_true(wait_decided(&f->t, append_ok(f->j, "roll", payload, sizeof payload)));
+    assert_int_equal(list_segs(f->dir, names, 4), 2);
+    off_t rec = 24 + 4 + (off_t)sizeof payload;
+    off_t size = file_size(f->dir, names[0]);
+    assert_true(size >= 8192 && size < 8192 + rec);
+    assert_int_equal(size % rec, 0);
+    /* The new active segment preallocates once written to. */
+    assert_true(wait_decided(&f->t, append_ok(f->j, "roll", payload, sizeof payload)));
+    assert_int_equal(file_size(f->dir, names[1]) % 4096, 0);
+}
+
+/* A write that needs more room than the file may grow by fails like any
+ * other: the batch is burned, the file cut back, writing works again. */
+static void test_prealloc_write_failure(void **state)
+{
+    struct fixture *f = *state;
+    const off_t chunk = 16 * 1024;
+    f->opt.prealloc_bytes = (uint64_t)chunk;
+    open_journal(f);
+    append_n(f, 1);
+    char names[4][64];
+    assert_int_equal(list_segs(f->dir, names, 4), 1);
+    assert_int_equal(file_size(f->dir, names[0]), chunk);
+    struct journal_stats st;
+    journal_get_stats(f->j, &st);
+    off_t records = (off_t)st.bytes;
+
+    struct sigaction ign = {.sa_handler = SIG_IGN}, old_sa;
+    sigaction(SIGXFSZ, &ign, &old_sa);
+    struct rlimit old_rl, rl;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old_rl), 0);
+    rl = old_rl;
+    rl.rlim_cur = (rlim_t)chunk;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    char *big = malloc((size_t)chunk);
+    assert_non_null(big);
+    memset(big, 'B', (size_t)chunk);
+    uint64_t small = append_ok(f->j, "small", "fits", 4); /* inside the zeros */
+    bool small_done = wait_decided(&f->t, small);
+    uint64_t s1 = append_ok(f->j, "big", big, (size_t)chunk);
+    bool decided = wait_decided(&f->t, s1);
+    setrlimit(RLIMIT_FSIZE, &old_rl);
+    sigaction(SIGXFSZ, &old_sa, NULL);
+
+    assert_true(small_done);
+    assert_true(f->t.ok[small]);
+    assert_true(decided);
+    assert_false(f->t.ok[s1]);
+    off_t after_small = records + 24 + 5 + 4;
+    assert_int_equal(file_size(f->dir, names[0]), after_small);
+    uint64_t s2 = append_ok(f->j, "big", big, (size_t)chunk);
+    assert_true(wait_decided(&f->t, s2));
+    assert_true(f->t.ok[s2]);
+    free(big);
+    uint64_t *seqs;
+    size_t n = read_all(f->j, &seqs);
+    assert_int_equal(n, 3);
+    assert_int_equal(seqs[2], s2);
+    free(seqs);
+}
+
 static void test_roll_and_release(void **state)
 {
     struct fixture *f = *state;
@@ -1350,6 +1499,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_read_ahead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_ahead_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prealloc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prealloc_write_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prealloc_roll, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roll_and_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acked_persists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seek, setup, teardown),
