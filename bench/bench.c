@@ -109,8 +109,22 @@ static long parse_long(const char *name, const char *s, long min, long max)
 
 static void parse_args(int argc, char **argv)
 {
-    enum { OPT_HTTP = 256, OPT_PATH, OPT_BROKER, OPT_N, OPT_CONNS, OPT_RATE, OPT_PID, OPT_TOKEN, OPT_WARMUP,
-           OPT_GRACE, OPT_TIMEOUT, OPT_LABEL, OPT_MQTT5, OPT_HELP };
+    enum {
+        OPT_HTTP = 256,
+        OPT_PATH,
+        OPT_BROKER,
+        OPT_N,
+        OPT_CONNS,
+        OPT_RATE,
+        OPT_PID,
+        OPT_TOKEN,
+        OPT_WARMUP,
+        OPT_GRACE,
+        OPT_TIMEOUT,
+        OPT_LABEL,
+        OPT_MQTT5,
+        OPT_HELP
+    };
     static const struct option longopts[] = {
         {"http", required_argument, NULL, OPT_HTTP},
         {"path", required_argument, NULL, OPT_PATH},
@@ -254,69 +268,71 @@ static size_t body_len_sample;
 static void build_tails(void)
 {
     static const char *const drivers[NCONTROLLERS] = {"osc", "mia", "ben", "lou", "kai", "eva"};
-    static const char *const cars[NCONTROLLERS] = {"BMW M4",       "Porsche 911 RSR",
-                                                   "Ferrari 488",  "Audi R8 LMS",
-                                                   "Mercedes AMG", "Ford GT"};
+    static const char *const cars[NCONTROLLERS] = {"BMW M4",      "Porsche 911 RSR", "Ferrari 488",
+                                                   "Audi R8 LMS", "Mercedes AMG",    "Ford GT"};
     static const char *const colors[NCONTROLLERS] = {"rgb(254, 56, 39)",  "rgb(39, 118, 254)",
                                                      "rgb(255, 214, 0)",  "rgb(0, 190, 90)",
                                                      "rgb(160, 80, 220)", "rgb(255, 140, 0)"};
     for (int c = 0; c < NCONTROLLERS; c++) {
         /* Same layout (2-space indented JSON) and size (~1.5 KB) as the app's lap events. */
-        int n = snprintf(
-            tails[c], sizeof tails[c],
-            "    \"driver_data\": {\n"
-            "      \"id\": %d,\n"
-            "      \"name\": \"%s\",\n"
-            "      \"name_short\": \"%.2s\",\n"
-            "      \"name_tts\": \"Der %s\",\n"
-            "      \"team\": %d,\n"
-            "      \"image\": \"file:///data/user/0/com.trademarc.smartrace/files/17042213894%02d.jpg\",\n"
-            "      \"start_no\": %d,\n"
-            "      \"start_no_color_background\": \"\",\n"
-            "      \"start_no_color_text\": \"\",\n"
-            "      \"start_no_color_border\": \"\",\n"
-            "      \"start_no_text_style\": \"normal\",\n"
-            "      \"active\": \"yes\",\n"
-            "      \"team_data\": {\n"
-            "        \"id\": %d,\n"
-            "        \"name\": \"team %d\",\n"
-            "        \"location\": \"\",\n"
-            "        \"comment\": \"\",\n"
-            "        \"image\": \"file:///data/user/0/com.trademarc.smartrace/files/17034974145%02d.jpg\"\n"
-            "      }\n"
-            "    },\n"
-            "    \"car_data\": {\n"
-            "      \"id\": %d,\n"
-            "      \"name\": \"%s\",\n"
-            "      \"manufacturer\": \"Carrera\",\n"
-            "      \"scale\": \"1:32\",\n"
-            "      \"tyres\": \"Original\",\n"
-            "      \"color\": \"\",\n"
-            "      \"decoder_type\": \"Carrera (default)\",\n"
-            "      \"magnets\": \"yes\",\n"
-            "      \"digital_analog\": \"digital\",\n"
-            "      \"active\": \"yes\",\n"
-            "      \"logo\": \"car%d.png\",\n"
-            "      \"image\": \"file:///data/user/0/com.trademarc.smartrace/files/17035215858%02d.jpg\",\n"
-            "      \"speed\": 0,\n"
-            "      \"brakes\": 13,\n"
-            "      \"fuel\": 9,\n"
-            "      \"changed_on\": \"2024-01-19 19:27:48\",\n"
-            "      \"laps\": %d,\n"
-            "      \"interval\": 0,\n"
-            "      \"interval_counter\": %d,\n"
-            "      \"comment\": \"\",\n"
-            "      \"sound\": \"-\",\n"
-            "      \"tags\": \"[]\"\n"
-            "    },\n"
-            "    \"controller_data\": {\n"
-            "      \"color_bg\": \"%s\",\n"
-            "      \"color_text\": \"rgb(23, 255, 255)\"\n"
-            "    }\n"
-            "  }\n"
-            "}",
-            c + 1, drivers[c], drivers[c], drivers[c], c + 1, c, c + 1, c + 1, c + 1, c, c + 10,
-            cars[c], c, c, 1600 + c * 7, 1598 + c * 7, colors[c]);
+        int n =
+            snprintf(tails[c], sizeof tails[c],
+                     "    \"driver_data\": {\n"
+                     "      \"id\": %d,\n"
+                     "      \"name\": \"%s\",\n"
+                     "      \"name_short\": \"%.2s\",\n"
+                     "      \"name_tts\": \"Der %s\",\n"
+                     "      \"team\": %d,\n"
+                     "      \"image\": "
+                     "\"file:///data/user/0/com.trademarc.smartrace/files/17042213894%02d.jpg\",\n"
+                     "      \"start_no\": %d,\n"
+                     "      \"start_no_color_background\": \"\",\n"
+                     "      \"start_no_color_text\": \"\",\n"
+                     "      \"start_no_color_border\": \"\",\n"
+                     "      \"start_no_text_style\": \"normal\",\n"
+                     "      \"active\": \"yes\",\n"
+                     "      \"team_data\": {\n"
+                     "        \"id\": %d,\n"
+                     "        \"name\": \"team %d\",\n"
+                     "        \"location\": \"\",\n"
+                     "        \"comment\": \"\",\n"
+                     "        \"image\": "
+                     "\"file:///data/user/0/com.trademarc.smartrace/files/17034974145%02d.jpg\"\n"
+                     "      }\n"
+                     "    },\n"
+                     "    \"car_data\": {\n"
+                     "      \"id\": %d,\n"
+                     "      \"name\": \"%s\",\n"
+                     "      \"manufacturer\": \"Carrera\",\n"
+                     "      \"scale\": \"1:32\",\n"
+                     "      \"tyres\": \"Original\",\n"
+                     "      \"color\": \"\",\n"
+                     "      \"decoder_type\": \"Carrera (default)\",\n"
+                     "      \"magnets\": \"yes\",\n"
+                     "      \"digital_analog\": \"digital\",\n"
+                     "      \"active\": \"yes\",\n"
+                     "      \"logo\": \"car%d.png\",\n"
+                     "      \"image\": "
+                     "\"file:///data/user/0/com.trademarc.smartrace/files/17035215858%02d.jpg\",\n"
+                     "      \"speed\": 0,\n"
+                     "      \"brakes\": 13,\n"
+                     "      \"fuel\": 9,\n"
+                     "      \"changed_on\": \"2024-01-19 19:27:48\",\n"
+                     "      \"laps\": %d,\n"
+                     "      \"interval\": 0,\n"
+                     "      \"interval_counter\": %d,\n"
+                     "      \"comment\": \"\",\n"
+                     "      \"sound\": \"-\",\n"
+                     "      \"tags\": \"[]\"\n"
+                     "    },\n"
+                     "    \"controller_data\": {\n"
+                     "      \"color_bg\": \"%s\",\n"
+                     "      \"color_text\": \"rgb(23, 255, 255)\"\n"
+                     "    }\n"
+                     "  }\n"
+                     "}",
+                     c + 1, drivers[c], drivers[c], drivers[c], c + 1, c, c + 1, c + 1, c + 1, c,
+                     c + 10, cars[c], c, c, 1600 + c * 7, 1598 + c * 7, colors[c]);
         if (n < 0 || (size_t)n >= sizeof tails[c]) {
             fprintf(stderr, "bench: event template too long\n");
             exit(1);
@@ -325,8 +341,7 @@ static void build_tails(void)
     }
     const char *sep = strchr(opt.path, '?') ? "&" : "?";
     if (opt.token)
-        snprintf(request_target, sizeof request_target, "%s%stoken=%s", opt.path, sep,
-                 opt.token);
+        snprintf(request_target, sizeof request_target, "%s%stoken=%s", opt.path, sep, opt.token);
     else
         snprintf(request_target, sizeof request_target, "%s", opt.path);
 }
@@ -552,8 +567,8 @@ static MQTTAsync subscribe_start(void)
     snprintf(id, sizeof id, "race2mqtt-bench-%ld", (long)getpid());
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
     co.MQTTVersion = opt.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
-    int rc = MQTTAsync_createWithOptions(&cl, opt.broker, id, MQTTCLIENT_PERSISTENCE_NONE, NULL,
-                                         &co);
+    int rc =
+        MQTTAsync_createWithOptions(&cl, opt.broker, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
     if (rc != MQTTASYNC_SUCCESS) {
         fprintf(stderr, "bench: MQTTAsync_create(%s): %d\n", opt.broker, rc);
         exit(1);
@@ -642,8 +657,8 @@ static void conn_open(int i);
 static void fatal_if_failing(struct conn *c)
 {
     if (++c->fails > 50) {
-        fprintf(stderr, "bench: giving up: %d consecutive connection failures to %s:%s\n",
-                c->fails, opt.host, opt.port);
+        fprintf(stderr, "bench: giving up: %d consecutive connection failures to %s:%s\n", c->fails,
+                opt.host, opt.port);
         exit(1);
     }
 }
@@ -789,8 +804,8 @@ static int try_response(int i, bool at_eof)
     int status = atoi(buf + 9);
     long clen = -1;
     bool chunked = false, close_after = strncmp(buf, "HTTP/1.0", 8) == 0;
-    for (char *line = memchr(buf, '\n', hlen); line && line < eoh; line = memchr(line, '\n',
-                                                                             (size_t)(eoh - line))) {
+    for (char *line = memchr(buf, '\n', hlen); line && line < eoh;
+         line = memchr(line, '\n', (size_t)(eoh - line))) {
         line++;
         if (strncasecmp(line, "content-length:", 15) == 0) {
             clen = strtol(line + 15, NULL, 10);
@@ -1027,9 +1042,8 @@ static void print_lat(const char *name, int64_t *v, size_t n)
         printf("%-26s n/a\n", name);
         return;
     }
-    printf("%-26s p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (n=%zu)\n", name,
-           pct_ms(v, n, 0.50), pct_ms(v, n, 0.99), pct_ms(v, n, 0.999), (double)v[n - 1] / 1e6,
-           n);
+    printf("%-26s p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (n=%zu)\n", name, pct_ms(v, n, 0.50),
+           pct_ms(v, n, 0.99), pct_ms(v, n, 0.999), (double)v[n - 1] / 1e6, n);
 }
 
 struct proc_sample {
@@ -1065,8 +1079,8 @@ static struct proc_sample proc_read(long pid)
         char *p = strrchr(buf, ')');
         unsigned long ut = 0, st = 0;
         /* After ")": state(3) ... utime(14) stime(15). */
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                        &st) == 2)
+        if (p &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
             s.cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
     }
     s.ok = true;
@@ -1171,8 +1185,8 @@ static void report(struct proc_sample p0, struct proc_sample p1, double cpu0, do
 
     char title[256];
     if (opt.rate > 0)
-        snprintf(title, sizeof title, "%s%s%.0f events/s paced, %d conns", opt.label ? opt.label : "",
-                 opt.label ? ": " : "", opt.rate, opt.conns);
+        snprintf(title, sizeof title, "%s%s%.0f events/s paced, %d conns",
+                 opt.label ? opt.label : "", opt.label ? ": " : "", opt.rate, opt.conns);
     else
         snprintf(title, sizeof title, "%s%sfull speed, %d conns", opt.label ? opt.label : "",
                  opt.label ? ": " : "", opt.conns);
@@ -1211,8 +1225,8 @@ static void report(struct proc_sample p0, struct proc_sample p1, double cpu0, do
         atomic_load(&dlog_overflow) || dups_warm)
         printf("%-26s unmatched %ld, seq/bench_id mismatch %ld, seq reused %ld, "
                "200 without seq %ld, unparsable %ld, log overflow %ld, warmup dups %ld\n",
-               "anomalies", unmatched, mismatched, seq_reused, no_seq_200,
-               atomic_load(&unparsed), atomic_load(&dlog_overflow), dups_warm);
+               "anomalies", unmatched, mismatched, seq_reused, no_seq_200, atomic_load(&unparsed),
+               atomic_load(&dlog_overflow), dups_warm);
     long nre = atomic_load(&reordered);
     printf("%-26s %ld", "out of order (per topic)", nre);
     for (long k = 0; k < nre && k < 4; k++)
