@@ -73,8 +73,9 @@ BROKER_PID=""
 GW_PID=""
 NR_PID=""
 HOG_PID=""
+BENCH_PID=""
 
-STOP_ON_EXIT="HOG_PID NR_PID GW_PID BROKER_PID"
+STOP_ON_EXIT="BENCH_PID HOG_PID NR_PID GW_PID BROKER_PID"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -196,17 +197,22 @@ run_one() { # target scenario repetition
   esac
   [ "$scen" != lowload ] || start_hog
   # A full-speed run of a slow target can take long: the bench's own limit is
-  # generous, the outer timeout catches a hung bench.
+  # generous, the outer timeout catches a hung bench. In the background, so
+  # that a signal to this script ends the run at once (the trap stops it).
   local limit=$((RATE_SECONDS + 120))
   [ "$rate" != 0 ] || limit=300
-  if ! timeout --kill-after=5 $((limit + 30)) "$BENCH" "${args[@]}" \
-         --broker "tcp://127.0.0.1:$MQTT_PORT" --n "$n" --conns "$CONNS" --rate "$rate" \
-         --warmup "$warmup" --grace-ms "$GRACE_MS" --pid "$pid" --timeout-s "$limit" \
-         --label "$name" >"$out" 2>&1; then
+  timeout --kill-after=5 $((limit + 30)) "$BENCH" "${args[@]}" \
+    --broker "tcp://127.0.0.1:$MQTT_PORT" --n "$n" --conns "$CONNS" --rate "$rate" \
+    --warmup "$warmup" --grace-ms "$GRACE_MS" --pid "$pid" --timeout-s "$limit" \
+    --label "$name" >"$out" 2>&1 &
+  BENCH_PID=$!
+  if ! wait "$BENCH_PID"; then
+    BENCH_PID=""
     echo "compare.sh: the bench failed in $name:" >&2
     tail -n 30 "$out" >&2
     exit 1
   fi
+  BENCH_PID=""
   [ "$scen" != lowload ] || stop_hog
   case $target in
     r2m) gateway_metrics >>"$out"; stop_gateway "$name" >>"$out" ;;
