@@ -366,7 +366,7 @@ fi
 start_broker
 
 echo "race2mqtt compare: $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "race2mqtt: $BIN ($("$BIN" --version 2>/dev/null | head -n 1 || true)), tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "race2mqtt: $BIN ($("$BIN" --version 2>/dev/null | head -n 1 || true)); scripts from tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "broker:    $("$MOSQUITTO" -h 2>/dev/null | head -n 1 || true), 127.0.0.1:$MQTT_PORT"
 if [ "$SKIP_NODERED" != 1 ]; then
   echo "Node-RED:  $(nodered_version) on node $("$NODE" --version) ($NODE_RED_DIR)"
