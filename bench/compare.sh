@@ -12,12 +12,15 @@
 #   broker      the same lap payloads published straight to mosquitto at QoS 1
 #               by race2mqtt-bench --direct (full speed only);
 # in four scenarios: full speed; 200 events/s; 200 events/s while a busy loop
-# spins one core; 2,000 events/s. Then it prints the medians as a table and
-# checks the targets of issue 11 against them. See bench/README.md.
+# spins one core; 2,000 events/s. Last, race2mqtt-fsync-probe measures one
+# write + fdatasync alone on the same disk at 200/s: the floor under the
+# gateway's CPU per event at that rate. Then it prints the medians as a table
+# and checks the targets of issue 11 against them. See bench/README.md.
 #
 # Environment:
 #   RACE2MQTT_BIN    gateway binary      (default build/race2mqtt)
 #   RACE2MQTT_BENCH  bench binary        (default race2mqtt-bench next to the gateway)
+#   FSYNC_PROBE      race2mqtt-fsync-probe (default next to the gateway)
 #   MOSQUITTO, MOSQUITTO_SUB, NODE, NPM  (defaults in /usr/sbin, /usr/bin)
 #   REPEAT=3         repetitions; the table shows medians
 #   N=50000          full-speed events for race2mqtt and the broker alone
@@ -55,7 +58,8 @@ for v in REPEAT N NR_N CONNS RATE_SECONDS WARMUP GRACE_MS; do
   fi
 done
 
-for f in "$BIN" "$BENCH" "$MOSQUITTO" "$MOSQUITTO_SUB"; do
+FSYNC_PROBE=${FSYNC_PROBE:-$(dirname "$BIN")/race2mqtt-fsync-probe}
+for f in "$BIN" "$BENCH" "$MOSQUITTO" "$MOSQUITTO_SUB" "$FSYNC_PROBE"; do
   [ -x "$f" ] || { echo "compare.sh: $f not found or not executable" >&2; exit 1; }
 done
 command -v curl >/dev/null || { echo "compare.sh: curl is needed" >&2; exit 1; }
@@ -341,6 +345,11 @@ summary() {
       "$(ratio "$(median r2m $s sched_p99_ms)" "$(median nr $s sched_p99_ms)")" "<=" 0.5 x
   done
   check "CPU per event at $LOW_RATE/s, race2mqtt" "$(median r2m low cpu_us_per_event)" "<=" 100 " µs"
+  echo "    measured limit: one write + fdatasync alone on this disk at $LOW_RATE/s costs" \
+    "$(result_get "$FSYNC" fsync_prealloc_cpu_us) µs of CPU preallocated" \
+    "($(result_get "$FSYNC" fsync_append_cpu_us) µs appended), the pacing wake-up alone" \
+    "$(result_get "$FSYNC" sleep_cpu_us) µs; latency p50 $(result_get "$FSYNC" fsync_prealloc_p50_ms)" \
+    "/ p99 $(result_get "$FSYNC" fsync_prealloc_p99_ms) ms"
   check "full speed, race2mqtt / Node-RED" \
     "$(ratio "$(median r2m full delivered_per_s)" "$(median nr full delivered_per_s)")" ">=" 10 x
   check "full speed, race2mqtt / broker alone" \
@@ -384,5 +393,10 @@ for rep in $(seq "$REPEAT"); do
     [ "$scen" != full ] || run_one broker full "$rep"
   done
 done
+
+# In the temp dir, on the disk the gateways' journals used.
+timeout --kill-after=5 60 "$FSYNC_PROBE" --dir "$TMP" --n 1000 --rate "$LOW_RATE" >"$TMP/fsync.out"
+sed -n '1,4p' "$TMP/fsync.out" | sed 's/^/  /'
+FSYNC=$(grep '^RESULT ' "$TMP/fsync.out")
 
 summary
