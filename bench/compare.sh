@@ -13,8 +13,8 @@
 #               by race2mqtt-bench --direct (full speed only);
 # in four scenarios: full speed; 200 events/s; 200 events/s while a busy loop
 # spins one core; 2,000 events/s. Last, race2mqtt-fsync-probe measures one
-# write + fdatasync alone on the same disk at 200/s: the floor under the
-# gateway's CPU per event at that rate. Then it prints the medians as a table
+# write + fdatasync alone on the same disk at 200/s, and one hand-off between
+# two threads: the floor under the gateway's CPU per event at that rate. Then it prints the medians as a table
 # and checks the targets of issue 11 against them. See bench/README.md.
 #
 # Environment:
@@ -349,7 +349,9 @@ summary() {
     "$(result_get "$FSYNC" fsync_prealloc_cpu_us) µs of CPU preallocated" \
     "($(result_get "$FSYNC" fsync_append_cpu_us) µs appended), the pacing wake-up alone" \
     "$(result_get "$FSYNC" sleep_cpu_us) µs; latency p50 $(result_get "$FSYNC" fsync_prealloc_p50_ms)" \
-    "/ p99 $(result_get "$FSYNC" fsync_prealloc_p99_ms) ms"
+    "/ p99 $(result_get "$FSYNC" fsync_prealloc_p99_ms) ms; one hand-off between two threads" \
+    "$(result_get "$FSYNC" handoff_cpu_us) µs (an event crosses about six: HTTP worker, flusher," \
+    "publisher, paho's send and receive threads, the HTTP worker again)"
   check "full speed, race2mqtt / Node-RED" \
     "$(ratio "$(median r2m full delivered_per_s)" "$(median nr full delivered_per_s)")" ">=" 10 x
   check "full speed, race2mqtt / broker alone" \
@@ -396,7 +398,7 @@ done
 
 # In the temp dir, on the disk the gateways' journals used.
 timeout --kill-after=5 60 "$FSYNC_PROBE" --dir "$TMP" --n 1000 --rate "$LOW_RATE" >"$TMP/fsync.out"
-sed -n '1,4p' "$TMP/fsync.out" | sed 's/^/  /'
+grep -v '^RESULT ' "$TMP/fsync.out" | sed 's/^/  /'
 FSYNC=$(grep '^RESULT ' "$TMP/fsync.out")
 
 summary

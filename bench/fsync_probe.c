@@ -7,19 +7,24 @@
  *
  *   race2mqtt-fsync-probe [--dir DIR] [--n N] [--rate R] [--size BYTES]
  *
- * Three rounds of N writes of BYTES each, paced at R per second, each
- * followed by fdatasync, in a fresh file in DIR (default: the current
+ * Four rounds of N operations, paced at R per second. Writes are of BYTES
+ * each, followed by fdatasync, in a fresh file in DIR (default: the current
  * directory, i.e. the disk the journal would use):
  *   append    the file grows with every write (inode size changes each time)
  *   prealloc  the file was zero-filled first; writes overwrite in place
  *             (what the journal does: JOURNAL_PREALLOC_BYTES)
  *   sleep     no write at all: the cost of the pacing wake-up alone
+ *   handoff   no write: the woken thread wakes a second one through a
+ *             condition variable and waits for its answer, i.e. two thread
+ *             hand-offs, what every step between the gateway's threads costs
  * and prints CPU per operation (user + system of this process) and latency
- * percentiles of write + fdatasync, plus one "RESULT key=value" line.
+ * percentiles, plus one "RESULT key=value" line.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +65,42 @@ static int write_at(int fd, const char *buf, size_t len, off_t off)
     return pwrite(fd, buf, len, off) == (ssize_t)len ? 0 : -1;
 }
 
-/* mode: 0 append, 1 prealloc, 2 sleep only. Returns 0 or -1 (message printed). */
+/* The other side of the hand-off round: answers every ping. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long ping, pong;
+    bool stop;
+} hand = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, false};
+
+static void *echo_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&hand.mu);
+    for (;;) {
+        while (hand.ping == hand.pong && !hand.stop)
+            pthread_cond_wait(&hand.cv, &hand.mu);
+        if (hand.stop)
+            break;
+        hand.pong = hand.ping;
+        pthread_cond_broadcast(&hand.cv);
+    }
+    pthread_mutex_unlock(&hand.mu);
+    return NULL;
+}
+
+static void handoff(void)
+{
+    pthread_mutex_lock(&hand.mu);
+    long want = ++hand.ping;
+    pthread_cond_broadcast(&hand.cv);
+    while (hand.pong != want)
+        pthread_cond_wait(&hand.cv, &hand.mu);
+    pthread_mutex_unlock(&hand.mu);
+}
+
+/* mode: 0 append, 1 prealloc, 2 sleep only, 3 hand-off. Returns 0 or -1
+ * (message printed). */
 static int run_round(const char *dir, int mode, long n, double rate, size_t size, struct round *out,
                      double *lat)
 {
@@ -70,7 +110,7 @@ static int run_round(const char *dir, int mode, long n, double rate, size_t size
     char *buf = calloc(1, size);
     if (!buf)
         return -1;
-    if (mode != 2) {
+    if (mode < 2) {
         fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (fd < 0) {
             fprintf(stderr, "fsync-probe: %s: %s\n", path, strerror(errno));
@@ -96,8 +136,10 @@ static int run_round(const char *dir, int mode, long n, double rate, size_t size
             nanosleep(&ts, NULL);
         }
         double a = now_s();
-        if (mode != 2 &&
-            (write_at(fd, buf, size, (off_t)i * (off_t)size) != 0 || fdatasync(fd) != 0))
+        if (mode == 3)
+            handoff();
+        else if (mode < 2 &&
+                 (write_at(fd, buf, size, (off_t)i * (off_t)size) != 0 || fdatasync(fd) != 0))
             goto io;
         lat[i] = (now_s() - a) * 1e3;
     }
@@ -159,21 +201,32 @@ int main(int argc, char **argv)
     double *lat = calloc((size_t)n, sizeof *lat);
     if (!lat)
         return 1;
-    struct round r[3] = {{.name = "append"}, {.name = "prealloc"}, {.name = "sleep"}};
-    for (int m = 0; m < 3; m++) {
+    struct round r[4] = {
+        {.name = "append"}, {.name = "prealloc"}, {.name = "sleep"}, {.name = "handoff"}};
+    pthread_t echo;
+    if (pthread_create(&echo, NULL, echo_main, NULL) != 0)
+        return 1;
+    for (int m = 0; m < 4; m++) {
         if (run_round(dir, m, n, rate, (size_t)size, &r[m], lat) != 0)
             return 1;
     }
+    pthread_mutex_lock(&hand.mu);
+    hand.stop = true;
+    pthread_cond_broadcast(&hand.cv);
+    pthread_mutex_unlock(&hand.mu);
+    pthread_join(echo, NULL);
     free(lat);
     printf("=== fdatasync alone: %ld writes of %ld bytes at %.0f/s in %s ===\n", n, size, rate,
            dir);
-    for (int m = 0; m < 3; m++)
-        printf("%-9s CPU %7.1f us/op   write+fdatasync p50 %.3f  p99 %.3f  max %.3f ms\n",
-               r[m].name, r[m].cpu_us, r[m].p50_ms, r[m].p99_ms, r[m].max_ms);
+    for (int m = 0; m < 4; m++)
+        printf("%-9s CPU %7.1f us/op   p50 %.3f  p99 %.3f  max %.3f ms\n", r[m].name, r[m].cpu_us,
+               r[m].p50_ms, r[m].p99_ms, r[m].max_ms);
+    double hop = (r[3].cpu_us - r[2].cpu_us) / 2;
+    printf("one thread hand-off: %.1f us of CPU\n", hop);
     printf("RESULT fsync_append_cpu_us=%.1f fsync_prealloc_cpu_us=%.1f sleep_cpu_us=%.1f "
-           "fsync_append_p50_ms=%.3f fsync_append_p99_ms=%.3f fsync_prealloc_p50_ms=%.3f "
-           "fsync_prealloc_p99_ms=%.3f\n",
-           r[0].cpu_us, r[1].cpu_us, r[2].cpu_us, r[0].p50_ms, r[0].p99_ms, r[1].p50_ms,
+           "handoff_cpu_us=%.1f fsync_append_p50_ms=%.3f fsync_append_p99_ms=%.3f "
+           "fsync_prealloc_p50_ms=%.3f fsync_prealloc_p99_ms=%.3f\n",
+           r[0].cpu_us, r[1].cpu_us, r[2].cpu_us, hop, r[0].p50_ms, r[0].p99_ms, r[1].p50_ms,
            r[1].p99_ms);
     return 0;
 }
