@@ -83,9 +83,9 @@ enum rr_error rr_parse_devices(const char *body, size_t len, struct rr_device_li
 void rr_device_list_cleanup(struct rr_device_list *list);
 
 /*
- * Thread use: a list and the payloads built from it belong to one thread at a
- * time. Building a payload takes and drops json-c references on the borrowed
- * raw records, and json-c's reference counts are not atomic.
+ * Thread use: a device list and the payloads built from it belong to one
+ * thread at a time. Building a payload takes and drops json-c references on
+ * the borrowed raw records, and json-c's reference counts are not atomic.
  */
 
 /*
@@ -108,33 +108,53 @@ enum rr_record_kind { RR_PASSING, RR_UBIDIUM_DETECTION, RR_TRACKPING };
 
 struct rr_passing {
     enum rr_record_kind kind;
-    int64_t file;            /* file number */
-    int64_t no;              /* detection number within the file */
-    struct json_object *raw; /* borrowed from the list's root */
+    int64_t file;       /* file number */
+    int64_t no;         /* detection number within the file */
+    size_t index;       /* position of the record in the page, from 0 */
+    char *payload;      /* rr_passing_payload() of the record, owned by the list */
+    size_t payload_len; /* bytes of payload, without its NUL */
 };
 
 struct rr_passing_list {
-    struct json_object *root; /* owned */
     struct rr_passing *items; /* in the order received */
     size_t count;
     size_t skipped; /* records without a usable file and number */
 };
 
 /*
- * Parses a detections body (a JSON array). Records whose file or number is
- * missing or not a positive integer are counted in skipped; all others are
- * kept in order. Release with rr_passing_list_cleanup().
- * A record with a "no" object is an Ubidium detection, else one with
- * "TrackpingNo" a trackping, else one with "PassingNo" a decoder passing.
- * Numbers are JSON integers or decimal digit strings ("12"). A top-level null
- * is an empty page. A page of N records has count + skipped == N.
+ * Parses a detections body (a JSON array) and builds the passing payload of
+ * every kept record for device (see rr_passing_payload(); NULL counts as "").
+ * Records whose file or number is missing or not a positive integer are
+ * counted in skipped; all others are kept in order (rr_passing_read()).
+ * Release with rr_passing_list_cleanup(); the list does not refer to body.
+ * A top-level null is an empty page. A page of N records has
+ * count + skipped == N.
+ *
+ * The body must be one strict JSON text exactly as jsonutil_parse() wants it
+ * (at most RR_MAX_DEPTH levels, the page array counting as one), or the whole
+ * page is refused and out is zeroed: nothing of a refused page survives, so
+ * the poller cannot publish part of it. It is not parsed into one tree: a
+ * json-c tree costs about 14 times the JSON text it holds, which made a page
+ * of 10,000 records cost 60 MiB. A scanner walks the top-level array and each
+ * record is parsed on its own, turned into its payload and freed, so memory
+ * is the body plus the payloads (the records plus ~200 bytes each).
  */
-enum rr_error rr_parse_detections(const char *body, size_t len, struct rr_passing_list *out,
-                                  char *detail, size_t detail_len);
+enum rr_error rr_parse_detections(const char *body, size_t len, const char *device,
+                                  struct rr_passing_list *out, char *detail, size_t detail_len);
 void rr_passing_list_cleanup(struct rr_passing_list *list);
 
 /*
- * The passing payload of SPEC section 3: id ("<device>/<file>/<no>", device as
+ * Classifies one detection record (borrowed) into p->kind, p->file and p->no
+ * (nothing else of p is touched); false when it is to be skipped.
+ * A record with a "no" object is an Ubidium detection, else one with
+ * "TrackpingNo" a trackping, else one with "PassingNo" a decoder passing.
+ * Numbers are JSON integers or decimal digit strings ("12"), and >= 1.
+ */
+bool rr_passing_read(struct rr_passing *p, struct json_object *rec);
+
+/*
+ * The passing payload of SPEC section 3 for the record rec (borrowed) that
+ * rr_passing_read() classified into p: id ("<device>/<file>/<no>", device as
  * given), device, file, no, kind ("passing", "detection", "trackping"),
  * transponder, time (as sent), time_ms (UTC epoch ms when the time parses),
  * loop, channel, hits, rssi, battery (volts) when present, and raw. device is
@@ -146,7 +166,8 @@ void rr_passing_list_cleanup(struct rr_passing_list *list);
  * invalid UTF-8 byte (same cut in id and device); NULL counts as "". Parse an
  * id from the right: a device id may contain '/'. len may be NULL.
  */
-char *rr_passing_payload(const struct rr_passing *p, const char *device, size_t *len);
+char *rr_passing_payload(const struct rr_passing *p, struct json_object *rec, const char *device,
+                         size_t *len);
 
 /* Writes "<device>/<file>/<no>" into out (RR_PASSING_ID_MAX + 1 bytes). */
 void rr_passing_id(char *out, size_t cap, const char *device, int64_t file, int64_t no);

@@ -5,10 +5,14 @@
  * Every input is offered as a device list, as a detections page and (as a
  * NUL-terminated string) to both time parsers. Checks beyond the sanitizers:
  * every payload is strict JSON; a device has a usable id and topic level; a
- * page of N records has count + skipped == N; a passing's file and number
- * are positive, its payload names the same id as rr_passing_id() and its
- * time_ms agrees with rr_parse_time_parts() of its time; the two time
- * parsers agree with each other.
+ * detections page is accepted or refused exactly when the same body parsed
+ * whole as one tree is (rr_whole_page.h), with the same records and payload
+ * bytes, so the scanner that walks a page can neither let through what the
+ * strict parser refuses nor cut a record wrong; a page of N records has
+ * count + skipped == N, kept in order; a passing's file and number are
+ * positive, its raw is the record received, its payload names the same id
+ * as rr_passing_id() and its time_ms agrees with rr_parse_time_parts() of
+ * its time; the two time parsers agree with each other.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -17,6 +21,8 @@
 
 #include "fuzz.h"
 #include "race2mqtt/raceresult.h"
+
+#include "../rr_whole_page.h"
 
 static struct json_object *member(struct json_object *o, const char *key)
 {
@@ -65,18 +71,6 @@ static void devices(const char *body, size_t len)
     rr_device_list_cleanup(&list);
 }
 
-/* Records in a top-level array, or -1 when the body is not one. */
-static long records_in(const char *body, size_t len)
-{
-    struct json_object *o = NULL;
-    long n = -1;
-    if (jsonutil_parse(body, len, NULL, 0, RR_MAX_DEPTH, &o, NULL, 0) == JSONUTIL_OK &&
-        json_object_is_type(o, json_type_array))
-        n = (long)json_object_array_length(o);
-    json_object_put(o);
-    return n;
-}
-
 static void check_time_ms(struct json_object *payload)
 {
     struct json_object *time = member(payload, "time"), *ms = member(payload, "time_ms");
@@ -94,39 +88,50 @@ static void check_time_ms(struct json_object *payload)
 
 static void detections(const char *body, size_t len, const char *device)
 {
-    struct rr_passing_list list;
+    struct rr_passing_list list, whole;
+    struct json_object *root = NULL;
     char detail[256];
 
-    enum rr_error err = rr_parse_detections(body, len, &list, detail, sizeof detail);
+    enum rr_error err = rr_parse_detections(body, len, device, &list, detail, sizeof detail);
+    enum rr_error want = rr_whole_page(body, len, device, &whole, &root);
     FUZZ_ASSERT(rr_strerror(err) != NULL, "strerror NULL");
+    FUZZ_ASSERT(err == want || err == RR_ERR_NOMEM || want == RR_ERR_NOMEM,
+                "page accepted or refused unlike the page parsed whole");
     if (err != RR_OK) {
-        rr_passing_list_cleanup(&list);
-        return;
+        FUZZ_ASSERT(!list.items && !list.count && !list.skipped, "list not zeroed on error");
+        goto out;
     }
-    long n = records_in(body, len);
-    if (n >= 0)
-        FUZZ_ASSERT(list.count + list.skipped == (size_t)n, "count + skipped != records");
+    if (want == RR_OK) {
+        FUZZ_ASSERT(rr_page_difference(&list, &whole) == NULL,
+                    "records differ from the page parsed whole");
+        size_t n = root ? json_object_array_length(root) : 0;
+        FUZZ_ASSERT(list.count + list.skipped == n, "count + skipped != records");
+    }
     for (size_t i = 0; i < list.count; i++) {
         const struct rr_passing *p = &list.items[i];
-        const char *dev = i % 3 == 0 ? device : i % 3 == 1 ? "D-4013/x" : NULL;
         char id[RR_PASSING_ID_MAX + 1];
-        size_t plen = 0;
 
         FUZZ_ASSERT(p->file >= 1 && p->no >= 1, "file or number not positive");
-        rr_passing_id(id, sizeof id, dev, p->file, p->no);
-        char *payload = rr_passing_payload(p, dev, &plen);
-        FUZZ_ASSERT(payload && strlen(payload) == plen, "passing payload length");
-        struct json_object *o = fuzz_json("passing payload is not JSON", payload, plen);
+        FUZZ_ASSERT(i == 0 || p->index > list.items[i - 1].index, "records out of order");
+        rr_passing_id(id, sizeof id, device, p->file, p->no);
+        FUZZ_ASSERT(p->payload && strlen(p->payload) == p->payload_len, "passing payload length");
+        struct json_object *o =
+            fuzz_json("passing payload is not JSON", p->payload, p->payload_len);
         FUZZ_ASSERT(json_object_is_type(o, json_type_object), "passing payload not an object");
         struct json_object *pid = member(o, "id");
         FUZZ_ASSERT(json_object_is_type(pid, json_type_string) &&
                         strcmp(json_object_get_string(pid), id) == 0,
                     "payload id differs from rr_passing_id()");
-        member(o, "raw");
+        if (root)
+            FUZZ_ASSERT(
+                json_object_equal(member(o, "raw"), json_object_array_get_idx(root, p->index)),
+                "raw is not the record as received");
         check_time_ms(o);
         json_object_put(o);
-        free(payload);
     }
+out:
+    json_object_put(root);
+    rr_passing_list_cleanup(&whole);
     rr_passing_list_cleanup(&list);
     rr_passing_list_cleanup(&list);
 }
@@ -160,7 +165,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     str[size] = '\0';
 
     devices(body, size);
-    detections(body, size, str);
+    /* The device the poller asked for: the input itself (long, not UTF-8),
+     * one with a '/', or none. */
+    detections(body, size, size % 3 == 0 ? str : size % 3 == 1 ? "D-4013/x" : NULL);
     times(str);
 
     free(str);

@@ -11,6 +11,7 @@ at the end, in order per device, and the log must report each episode once
 ("... retrying with backoff" / "API unreachable") and its end once ("reachable
 again"), not every retry.
 """
+import json
 import time
 
 import paho.mqtt.client as mqtt
@@ -234,6 +235,43 @@ class RaceResultFaultTests(harness.IntegrationCase):
         self.assertTrue(ok, "%d of %d passings within 20 s after an empty page"
                         % (sum(1 for i in want if i in col.count), len(want)))
         self.assertEqual(col.problems, [])
+
+    def test_page_with_one_bad_record_publishes_nothing(self):
+        """A page that is valid up to its last record is refused whole: not one
+        of its passings goes out and the cursor stays, until a good page comes.
+        A gateway that published records as it read them would fail here."""
+        d = self.tmpdir()
+        world = {"devices": [{"id": "D-B", "type": "Decoder", "files": {"1": 60}}]}
+        rr = harness.fake_raceresult(api_key=KEY, customer=CID, world=world)
+        self.track(harness._Stoppable(rr))
+        good = ",".join(json.dumps(rr.detection("D-B", 1, no)) for no in range(1, 61))
+        bad = [
+            '{"FileNo": 1, "PassingNo": 61, "RSSI": NaN}',  # not a number
+            "{\"FileNo\": 1, \"PassingNo\": 61, 'Code': \"a\"}",  # a single quote
+            '{"FileNo": 1, "PassingNo": 61, "Code": "a"}] x',  # garbage after the page
+        ]
+        broker = self.start_broker(d)
+        sub = self.subscribe(broker.port, ["raceresult/+/passing"], protocol=mqtt.MQTTv5)
+        col = harness.PassingCollector(sub)
+        for rec in bad:
+            rr.invalid_json_next(1, path_prefix=det_path("D-B"), body="[%s,%s]" % (good, rec))
+        gw = self.start_gateway(d, broker, extra=harness.rr_extra(
+            rr, KEY, CID, start="all", amount=AMOUNT))
+        refused = r"raceresult: device D-B: invalid detections"
+        self.assertTrue(harness.wait_until(
+            lambda: rr.faults() == [] and harness.log_lines(gw.log_path, refused), 30, 0.1),
+            "the bad pages were not all asked for and refused")
+        # The good page after them is what gets published, each passing once.
+        want = harness.rr_ids("D-B", {"1": 60})
+        self.assertEqual(sorted(col.wait_ids(want, 30)), [])
+        col.settle(0.5)
+        col.check(self, want, fake=rr, label="after bad pages")
+        self.assertEqual(col.duplicates(), 0, "passings of a refused page went out")
+        reqs = rr.requests(route="GET /customers/{cid}/devices/{dev}/detections")
+        self.assertEqual([r["query"]["fromDetection"] for r in reqs[:len(bad) + 1]],
+                         ["1"] * (len(bad) + 1), "the cursor moved on a refused page")
+        self.assertEqual(gw.stop(), 0)
+        self.assertEqual(harness.rr_read_cursors(gw.store_dir), {"D-B": (1, 61)})
 
 
 if __name__ == "__main__":

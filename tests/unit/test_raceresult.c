@@ -29,6 +29,8 @@
 #include "race2mqtt/jsonutil.h"
 #include "race2mqtt/raceresult.h"
 
+#include "../rr_whole_page.h"
+
 #define FIX R2M_FIXTURES "/raceresult/"
 
 /* ---- helpers ----------------------------------------------------------- */
@@ -121,13 +123,55 @@ static struct json_object *status_of(const struct rr_device *d)
     return o;
 }
 
-static struct json_object *passing_of(const struct rr_passing *p, const char *device)
+/*
+ * A page as the gateway reads it, and the same body parsed whole
+ * (rr_whole_page.h): every page a test reads must give the same decision and
+ * the same records, payload bytes included, as reading it as one tree did.
+ */
+struct page {
+    struct rr_passing_list l;
+    struct json_object *root; /* the whole page's tree, to compare raw with */
+};
+
+static enum rr_error page_read(struct page *pg, const char *body, size_t len, const char *device,
+                               char *detail, size_t detail_len)
 {
-    size_t len = 0;
-    char *text = rr_passing_payload(p, device, &len);
-    struct json_object *o = parse_back(text, len);
+    struct rr_passing_list whole;
+    enum rr_error rc = rr_parse_detections(body, len, device, &pg->l, detail, detail_len);
+    enum rr_error want = rr_whole_page(body, len, device, &whole, &pg->root);
+    if (rc != want)
+        fail_msg("rr_parse_detections: %s, the page parsed whole: %s", rr_strerror(rc),
+                 rr_strerror(want));
+    const char *diff = rr_page_difference(&pg->l, &whole);
+    if (diff)
+        fail_msg("the page parsed whole differs in the %s", diff);
+    rr_passing_list_cleanup(&whole);
+    if (rc != RR_OK) {
+        assert_null(pg->l.items);
+        assert_int_equal(pg->l.count, 0);
+        assert_int_equal(pg->l.skipped, 0);
+    }
+    return rc;
+}
+
+static void page_cleanup(struct page *pg)
+{
+    rr_passing_list_cleanup(&pg->l);
+    json_object_put(pg->root);
+    pg->root = NULL;
+}
+
+/* The payload of record i, parsed back; its raw is the record as received. */
+static struct json_object *passing_of(const struct page *pg, size_t i)
+{
+    const struct rr_passing *p = &pg->l.items[i];
+    char *text = malloc(p->payload_len + 1);
+    assert_non_null(text);
+    memcpy(text, p->payload, p->payload_len + 1);
+    struct json_object *o = parse_back(text, p->payload_len);
     assert_keys(o, passing_keys, sizeof passing_keys / sizeof passing_keys[0]);
-    assert_true(json_object_equal(test_member(o, "raw"), p->raw));
+    assert_true(
+        json_object_equal(test_member(o, "raw"), json_object_array_get_idx(pg->root, p->index)));
     return o;
 }
 
@@ -143,13 +187,13 @@ static void devices_file(const char *name, struct rr_device_list *l)
     free(body);
 }
 
-static void detections_file(const char *name, struct rr_passing_list *l)
+static void detections_file(const char *name, const char *device, struct page *pg)
 {
     char path[512], detail[256];
     size_t len;
     snprintf(path, sizeof path, FIX "%s", name);
     char *body = slurp(path, &len);
-    enum rr_error rc = rr_parse_detections(body, len, l, detail, sizeof detail);
+    enum rr_error rc = page_read(pg, body, len, device, detail, sizeof detail);
     if (rc != RR_OK)
         fail_msg("%s: %s: %s", name, rr_strerror(rc), detail);
     free(body);
@@ -160,9 +204,9 @@ static enum rr_error devices_str(const char *body, struct rr_device_list *l)
     return rr_parse_devices(body, strlen(body), l, NULL, 0);
 }
 
-static enum rr_error detections_str(const char *body, struct rr_passing_list *l)
+static enum rr_error detections_str(const char *body, const char *device, struct page *pg)
 {
-    return rr_parse_detections(body, strlen(body), l, NULL, 0);
+    return page_read(pg, body, strlen(body), device, NULL, 0);
 }
 
 /* ---- device list ------------------------------------------------------- */
@@ -561,16 +605,16 @@ static void test_shared_fixtures(void **state)
 static void test_decoder_passings(void **state)
 {
     (void)state;
-    struct rr_passing_list l;
-    detections_file("detections_passings.json", &l);
-    assert_int_equal(l.count, 3);
-    assert_int_equal(l.skipped, 0);
-    assert_int_equal(l.items[0].kind, RR_PASSING);
-    assert_int_equal(l.items[0].file, 52);
-    assert_int_equal(l.items[0].no, 17);
-    assert_ptr_equal(l.items[0].raw, json_object_array_get_idx(l.root, 0));
+    struct page pg;
+    detections_file("detections_passings.json", "D-5120", &pg);
+    assert_int_equal(pg.l.count, 3);
+    assert_int_equal(pg.l.skipped, 0);
+    assert_int_equal(pg.l.items[0].kind, RR_PASSING);
+    assert_int_equal(pg.l.items[0].file, 52);
+    assert_int_equal(pg.l.items[0].no, 17);
+    assert_int_equal(pg.l.items[0].index, 0);
 
-    struct json_object *p = passing_of(&l.items[0], "D-5120");
+    struct json_object *p = passing_of(&pg, 0);
     assert_str_member(p, "id", "D-5120/52/17");
     assert_str_member(p, "device", "D-5120");
     assert_int_member(p, "file", 52);
@@ -587,7 +631,7 @@ static void test_decoder_passings(void **state)
     json_object_put(p);
 
     /* a passive passing: Go zero values are carried as sent */
-    p = passing_of(&l.items[1], "D-5120");
+    p = passing_of(&pg, 1);
     assert_str_member(p, "id", "D-5120/52/18");
     assert_str_member(p, "transponder", "000812");
     assert_int_member(p, "time_ms", 1748765731000);
@@ -597,30 +641,30 @@ static void test_decoder_passings(void **state)
     json_object_put(p);
 
     /* a zero-start run-time passing in year 0000 UTC */
-    assert_int_equal(l.items[2].file, 3);
-    assert_int_equal(l.items[2].no, 1);
-    p = passing_of(&l.items[2], "D-4470");
-    assert_str_member(p, "id", "D-4470/3/1");
+    assert_int_equal(pg.l.items[2].file, 3);
+    assert_int_equal(pg.l.items[2].no, 1);
+    p = passing_of(&pg, 2);
+    assert_str_member(p, "id", "D-5120/3/1");
     assert_str_member(p, "time", "0001-01-01T00:04:12.61+02:00");
     assert_int_member(p, "time_ms", -62135603747390);
     json_object_put(p);
-    rr_passing_list_cleanup(&l);
-    rr_passing_list_cleanup(&l);
+    page_cleanup(&pg);
+    rr_passing_list_cleanup(&pg.l);
     rr_passing_list_cleanup(NULL);
 }
 
 static void test_ubidium_detections(void **state)
 {
     (void)state;
-    struct rr_passing_list l;
-    detections_file("detections_ubidium.json", &l);
-    assert_int_equal(l.count, 2);
-    assert_int_equal(l.skipped, 0);
-    assert_int_equal(l.items[0].kind, RR_UBIDIUM_DETECTION);
-    assert_int_equal(l.items[0].file, 12);
-    assert_int_equal(l.items[0].no, 4406);
+    struct page pg;
+    detections_file("detections_ubidium.json", "U-40123", &pg);
+    assert_int_equal(pg.l.count, 2);
+    assert_int_equal(pg.l.skipped, 0);
+    assert_int_equal(pg.l.items[0].kind, RR_UBIDIUM_DETECTION);
+    assert_int_equal(pg.l.items[0].file, 12);
+    assert_int_equal(pg.l.items[0].no, 4406);
 
-    struct json_object *p = passing_of(&l.items[0], "U-40123");
+    struct json_object *p = passing_of(&pg, 0);
     assert_str_member(p, "id", "U-40123/12/4406");
     assert_str_member(p, "device", "U-40123");
     assert_int_member(p, "file", 12);
@@ -638,7 +682,7 @@ static void test_ubidium_detections(void **state)
     json_object_put(p);
 
     /* passive: no transp.active, so no battery */
-    p = passing_of(&l.items[1], "U-40123");
+    p = passing_of(&pg, 1);
     assert_str_member(p, "id", "U-40123/12/4407");
     assert_str_member(p, "transponder", "004711");
     assert_int_member(p, "time_ms", 1748765731500);
@@ -646,19 +690,19 @@ static void test_ubidium_detections(void **state)
     assert_int_member(p, "hits", 2);
     assert_null_member(p, "battery");
     json_object_put(p);
-    rr_passing_list_cleanup(&l);
+    page_cleanup(&pg);
 }
 
 static void test_trackpings(void **state)
 {
     (void)state;
-    struct rr_passing_list l;
-    detections_file("detections_trackpings.json", &l);
-    assert_int_equal(l.count, 1);
-    assert_int_equal(l.items[0].kind, RR_TRACKPING);
-    assert_int_equal(l.items[0].file, 7);
-    assert_int_equal(l.items[0].no, 311);
-    struct json_object *p = passing_of(&l.items[0], "T-31007");
+    struct page pg;
+    detections_file("detections_trackpings.json", "T-31007", &pg);
+    assert_int_equal(pg.l.count, 1);
+    assert_int_equal(pg.l.items[0].kind, RR_TRACKPING);
+    assert_int_equal(pg.l.items[0].file, 7);
+    assert_int_equal(pg.l.items[0].no, 311);
+    struct json_object *p = passing_of(&pg, 0);
     assert_str_member(p, "id", "T-31007/7/311");
     assert_str_member(p, "device", "T-31007");
     assert_int_member(p, "file", 7);
@@ -673,14 +717,14 @@ static void test_trackpings(void **state)
     assert_int_member(p, "rssi", -60);
     assert_null_member(p, "battery");
     json_object_put(p);
-    rr_passing_list_cleanup(&l);
+    page_cleanup(&pg);
 }
 
 static void test_mixed_page_order(void **state)
 {
     (void)state;
-    struct rr_passing_list l;
-    detections_file("detections_mixed.json", &l);
+    struct page pg;
+    detections_file("detections_mixed.json", "X-1", &pg);
     static const struct {
         enum rr_record_kind kind;
         int64_t file, no;
@@ -689,48 +733,48 @@ static void test_mixed_page_order(void **state)
         {RR_PASSING, 9, 4, "A1"},  {RR_TRACKPING, 9, 2, "A2"}, {RR_UBIDIUM_DETECTION, 9, 5, "A3"},
         {RR_PASSING, 10, 1, "A4"}, {RR_PASSING, 10, 2, "A5"}, /* numbers as strings */
     };
-    assert_int_equal(l.count, 5);
-    assert_int_equal(l.skipped, 2);
-    for (size_t i = 0; i < l.count; i++) {
-        assert_int_equal(l.items[i].kind, want[i].kind);
-        assert_int_equal(l.items[i].file, want[i].file);
-        assert_int_equal(l.items[i].no, want[i].no);
-        struct json_object *p = passing_of(&l.items[i], "X-1");
+    assert_int_equal(pg.l.count, 5);
+    assert_int_equal(pg.l.skipped, 2);
+    for (size_t i = 0; i < pg.l.count; i++) {
+        assert_int_equal(pg.l.items[i].kind, want[i].kind);
+        assert_int_equal(pg.l.items[i].file, want[i].file);
+        assert_int_equal(pg.l.items[i].no, want[i].no);
+        struct json_object *p = passing_of(&pg, i);
         assert_str_member(p, "transponder", want[i].transponder);
         assert_int_member(p, "file", want[i].file);
         assert_int_member(p, "no", want[i].no);
         json_object_put(p);
     }
-    struct json_object *p = passing_of(&l.items[2], "X-1");
+    struct json_object *p = passing_of(&pg, 2);
     assert_int_member(p, "hits", 4);
     assert_int_member(p, "time_ms", 1748764802250);
     json_object_put(p);
-    rr_passing_list_cleanup(&l);
+    page_cleanup(&pg);
 }
 
 static void test_detections_hostile(void **state)
 {
     (void)state;
-    struct rr_passing_list l;
-    detections_file("detections_hostile.json", &l);
-    assert_int_equal(l.count, 5);
-    assert_int_equal(l.skipped, 17);
+    struct page pg;
+    detections_file("detections_hostile.json", "D-1", &pg);
+    assert_int_equal(pg.l.count, 5);
+    assert_int_equal(pg.l.skipped, 17);
 
     /* every payload field of the wrong type: null, numbers still right */
-    assert_int_equal(l.items[0].kind, RR_PASSING);
-    struct json_object *p = passing_of(&l.items[0], "D-1");
+    assert_int_equal(pg.l.items[0].kind, RR_PASSING);
+    struct json_object *p = passing_of(&pg, 0);
     assert_str_member(p, "id", "D-1/5/6");
     for (size_t i = 5; i < sizeof passing_keys / sizeof passing_keys[0] - 1; i++)
         assert_null_member(p, passing_keys[i]);
     json_object_put(p);
 
     /* "no" that is not an object does not make an Ubidium detection */
-    assert_int_equal(l.items[1].kind, RR_PASSING);
-    assert_int_equal(l.items[1].file, 2);
+    assert_int_equal(pg.l.items[1].kind, RR_PASSING);
+    assert_int_equal(pg.l.items[1].file, 2);
 
-    assert_int_equal(l.items[2].kind, RR_UBIDIUM_DETECTION);
-    assert_int_equal(l.items[2].no, 7);
-    p = passing_of(&l.items[2], "U-1");
+    assert_int_equal(pg.l.items[2].kind, RR_UBIDIUM_DETECTION);
+    assert_int_equal(pg.l.items[2].no, 7);
+    p = passing_of(&pg, 2);
     assert_str_member(p, "time", "not a time");
     assert_null_member(p, "time_ms");
     assert_null_member(p, "transponder");
@@ -741,46 +785,48 @@ static void test_detections_hostile(void **state)
     assert_null_member(p, "rssi");
     json_object_put(p);
 
-    p = passing_of(&l.items[3], "U-1");
+    p = passing_of(&pg, 3);
     assert_num_text(p, "battery", "-0.5");
     assert_str_member(p, "time", "2025-02-30T00:00:00Z");
     assert_null_member(p, "time_ms");
     json_object_put(p);
 
     /* a NUL inside the time: carried, but not a time */
-    assert_int_equal(l.items[4].kind, RR_TRACKPING);
-    p = passing_of(&l.items[4], "T-1");
+    assert_int_equal(pg.l.items[4].kind, RR_TRACKPING);
+    p = passing_of(&pg, 4);
     assert_int_equal(json_object_get_string_len(test_member(p, "time")), 22);
     assert_null_member(p, "time_ms");
     assert_str_member(p, "transponder", "a/b+c#");
     json_object_put(p);
-    rr_passing_list_cleanup(&l);
+    page_cleanup(&pg);
 }
 
 static void test_detections_shape(void **state)
 {
     (void)state;
-    static const char *bad[] = {"{}", "{\"Detections\":[]}", "\"x\"", "1", "false"};
+    static const char *bad[] = {"{}",    "{\"Detections\":[]}", "\"x\"", "1",
+                                "false", " {\"a\":[1]} "};
     char detail[128];
+    struct page pg;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        struct rr_passing_list l;
-        memset(&l, 0x5a, sizeof l);
+        memset(&pg.l, 0x5a, sizeof pg.l);
         detail[0] = '\0';
-        if (rr_parse_detections(bad[i], strlen(bad[i]), &l, detail, sizeof detail) != RR_ERR_SHAPE)
+        if (page_read(&pg, bad[i], strlen(bad[i]), "D-1", detail, sizeof detail) != RR_ERR_SHAPE)
             fail_msg("accepted: %s", bad[i]);
         assert_non_null(strstr(detail, "not an array"));
-        assert_null(l.root);
-        assert_null(l.items);
-        assert_int_equal(l.count, 0);
+        page_cleanup(&pg);
     }
-    struct rr_passing_list l;
-    assert_int_equal(detections_str("null", &l), RR_OK);
-    assert_int_equal(l.count, 0);
-    rr_passing_list_cleanup(&l);
-    assert_int_equal(detections_str("[]", &l), RR_OK);
-    assert_int_equal(l.count, 0);
-    assert_int_equal(l.skipped, 0);
-    rr_passing_list_cleanup(&l);
+    assert_int_equal(detections_str("null", "D-1", &pg), RR_OK);
+    assert_int_equal(pg.l.count, 0);
+    page_cleanup(&pg);
+    assert_int_equal(detections_str(" \n null\t", "D-1", &pg), RR_OK);
+    assert_int_equal(pg.l.count, 0);
+    page_cleanup(&pg);
+    assert_int_equal(detections_str("[]", "D-1", &pg), RR_OK);
+    assert_int_equal(pg.l.count, 0);
+    assert_int_equal(pg.l.skipped, 0);
+    assert_null(pg.l.items);
+    page_cleanup(&pg);
 }
 
 static void test_numbers(void **state)
@@ -815,13 +861,13 @@ static void test_numbers(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[128];
         snprintf(body, sizeof body, "[{\"FileNo\":%s,\"PassingNo\":3}]", cases[i].file);
-        struct rr_passing_list l;
-        assert_int_equal(detections_str(body, &l), RR_OK);
-        if (l.count != (cases[i].ok ? 1u : 0u))
-            fail_msg("FileNo %s: count %zu", cases[i].file, l.count);
+        struct page pg;
+        assert_int_equal(detections_str(body, "D-1", &pg), RR_OK);
+        if (pg.l.count != (cases[i].ok ? 1u : 0u))
+            fail_msg("FileNo %s: count %zu", cases[i].file, pg.l.count);
         if (cases[i].ok)
-            assert_int_equal(l.items[0].file, cases[i].want);
-        rr_passing_list_cleanup(&l);
+            assert_int_equal(pg.l.items[0].file, cases[i].want);
+        page_cleanup(&pg);
     }
 }
 
@@ -877,31 +923,37 @@ static void test_device_ids(void **state)
         struct json_object *s = status_of(&l.devices[i]);
         assert_str_member(s, "device", ids[i]);
         json_object_put(s);
-        struct rr_passing_list pl;
-        assert_int_equal(detections_str("[{\"FileNo\":1,\"PassingNo\":2}]", &pl), RR_OK);
-        struct json_object *p = passing_of(&pl.items[0], l.devices[i].id);
+        struct page pg;
+        assert_int_equal(detections_str("[{\"FileNo\":1,\"PassingNo\":2}]", l.devices[i].id, &pg),
+                         RR_OK);
+        struct json_object *p = passing_of(&pg, 0);
         char want[64];
         snprintf(want, sizeof want, "%s/1/2", ids[i]);
         assert_str_member(p, "id", want);
         assert_str_member(p, "device", ids[i]);
         json_object_put(p);
-        rr_passing_list_cleanup(&pl);
+        page_cleanup(&pg);
     }
     rr_device_list_cleanup(&l);
 
     /* a device name the poller got from elsewhere that is not UTF-8 */
-    struct rr_passing_list pl;
-    assert_int_equal(detections_str("[{\"FileNo\":1,\"PassingNo\":2}]", &pl), RR_OK);
-    struct json_object *p = passing_of(&pl.items[0], "ab\xff"
-                                                     "cd");
+    struct page pg;
+    assert_int_equal(detections_str("[{\"FileNo\":1,\"PassingNo\":2}]",
+                                    "ab\xff"
+                                    "cd",
+                                    &pg),
+                     RR_OK);
+    struct json_object *p = passing_of(&pg, 0);
     assert_str_member(p, "device", "ab");
     assert_str_member(p, "id", "ab/1/2");
     json_object_put(p);
-    p = passing_of(&pl.items[0], NULL);
+    page_cleanup(&pg);
+    assert_int_equal(detections_str("[{\"FileNo\":1,\"PassingNo\":2}]", NULL, &pg), RR_OK);
+    p = passing_of(&pg, 0);
     assert_str_member(p, "device", "");
     assert_str_member(p, "id", "/1/2");
     json_object_put(p);
-    rr_passing_list_cleanup(&pl);
+    page_cleanup(&pg);
 }
 
 /* ---- hostile bodies -------------------------------------------------------- */
@@ -939,17 +991,17 @@ static void test_huge_strings(void **state)
     k = sprintf(body, "[{\"FileNo\":1,\"PassingNo\":1,\"Code\":\"");
     memset(body + k, 'C', n);
     strcpy(body + k + n, "\"}]");
-    struct rr_passing_list pl;
-    assert_int_equal(rr_parse_detections(body, strlen(body), &pl, detail, sizeof detail), RR_OK);
-    struct json_object *p = passing_of(&pl.items[0], "D-1");
+    struct page pg;
+    assert_int_equal(page_read(&pg, body, strlen(body), "D-1", detail, sizeof detail), RR_OK);
+    struct json_object *p = passing_of(&pg, 0);
     assert_int_equal(json_object_get_string_len(test_member(p, "transponder")), n);
     json_object_put(p);
-    rr_passing_list_cleanup(&pl);
+    page_cleanup(&pg);
 
     /* an error in a huge body does not echo it */
     body[k + n] = '\0';
-    assert_int_equal(rr_parse_detections(body, strlen(body), &pl, detail, sizeof detail),
-                     RR_ERR_JSON);
+    assert_int_equal(page_read(&pg, body, strlen(body), "D-1", detail, sizeof detail), RR_ERR_JSON);
+    page_cleanup(&pg);
     assert_null(strstr(detail, "CCCC"));
     free(body);
 }
@@ -982,11 +1034,11 @@ static void test_invalid_json(void **state)
     };
     char detail[256];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        struct rr_passing_list l;
-        if (rr_parse_detections(bad[i], strlen(bad[i]), &l, detail, sizeof detail) != RR_ERR_JSON)
+        struct page pg;
+        if (page_read(&pg, bad[i], strlen(bad[i]), "D-1", detail, sizeof detail) != RR_ERR_JSON)
             fail_msg("detections accepted: %s", bad[i]);
         assert_true(strlen(detail) > 0);
-        assert_null(l.root);
+        page_cleanup(&pg);
         /* the same bytes as a device list member */
         char body[256];
         snprintf(body, sizeof body, "{\"Devices\":%s}", bad[i]);
@@ -1021,11 +1073,11 @@ static void test_invalid_json(void **state)
                      RR_ERR_JSON);
     assert_non_null(strstr(detail, "NUL"));
     const char nul2[] = "[{\"Code\":\"a\0b\"}]";
-    struct rr_passing_list l;
-    assert_int_equal(rr_parse_detections(nul2, sizeof nul2 - 1, &l, NULL, 0), RR_ERR_JSON);
+    struct page pg;
+    assert_int_equal(page_read(&pg, nul2, sizeof nul2 - 1, "D-1", NULL, 0), RR_ERR_JSON);
     /* whitespace around the value is fine */
-    assert_int_equal(detections_str("\r\n [] \t\n", &l), RR_OK);
-    rr_passing_list_cleanup(&l);
+    assert_int_equal(detections_str("\r\n [] \t\n", "D-1", &pg), RR_OK);
+    page_cleanup(&pg);
 }
 
 static char *nested(size_t depth, const char *prefix, const char *suffix)
@@ -1046,19 +1098,19 @@ static void test_depth(void **state)
 {
     (void)state;
     char detail[128];
-    struct rr_passing_list l;
+    struct page pg;
     /* the page array is level 1, the record level 2 */
     char *ok = nested(RR_MAX_DEPTH - 2, "[{\"FileNo\":1,\"PassingNo\":1,\"x\":", "}]");
-    assert_int_equal(rr_parse_detections(ok, strlen(ok), &l, detail, sizeof detail), RR_OK);
-    assert_int_equal(l.count, 1);
-    struct json_object *p = passing_of(&l.items[0], "D-1");
+    assert_int_equal(page_read(&pg, ok, strlen(ok), "D-1", detail, sizeof detail), RR_OK);
+    assert_int_equal(pg.l.count, 1);
+    struct json_object *p = passing_of(&pg, 0);
     json_object_put(p);
-    rr_passing_list_cleanup(&l);
+    page_cleanup(&pg);
     free(ok);
     char *deep = nested(RR_MAX_DEPTH - 1, "[{\"FileNo\":1,\"PassingNo\":1,\"x\":", "}]");
-    assert_int_equal(rr_parse_detections(deep, strlen(deep), &l, detail, sizeof detail),
-                     RR_ERR_JSON);
+    assert_int_equal(page_read(&pg, deep, strlen(deep), "D-1", detail, sizeof detail), RR_ERR_JSON);
     assert_non_null(strstr(detail, "nested"));
+    page_cleanup(&pg);
     free(deep);
     deep = nested(RR_MAX_DEPTH - 1, "{\"Devices\":[{\"DeviceID\":\"D-1\",\"x\":", "}]}");
     struct rr_device_list dl;
@@ -1070,9 +1122,291 @@ static void test_depth(void **state)
     char *s = malloc(n);
     assert_non_null(s);
     memset(s, '[', n);
-    assert_int_equal(rr_parse_detections(s, n, &l, detail, sizeof detail), RR_ERR_JSON);
+    assert_int_equal(page_read(&pg, s, n, "D-1", detail, sizeof detail), RR_ERR_JSON);
     assert_non_null(strstr(detail, "nested"));
+    page_cleanup(&pg);
     free(s);
+}
+
+/* ---- the page scanner ------------------------------------------------------ */
+
+/* The bytes that mean something to the scanner, and some that must not. */
+static const char scanner_bytes[] = "\"\\[]{},: \t\n\r'x0\xff";
+
+/* One record whose strings hold everything the scanner must not take for
+ * structure, with nested arrays and objects and whitespace everywhere. */
+static const char tricky_page[] =
+    " \r\n[ \t{ \"FileNo\" : 1 ,\"PassingNo\":1,\"Code\":\"]}[{,\\\"\\\\\",\n"
+    "  \"x\" : [ [ ] , { \"a\" : [ 1 , { \"b\" : \"}\\\\\" } ] } , \"\\\\\\\"\" ] }\n , "
+    "\"] \\\" [\" , [ { \"FileNo\" : 1 , \"PassingNo\" : 2 } ] ,\t{\"FileNo\":\"1\","
+    "\"PassingNo\":3,\"Code\":\"it's \\u005d\"} ,-0.5e+3, true ,null,{}] \n";
+
+static void test_scanner_strings(void **state)
+{
+    (void)state;
+    struct page pg;
+    char detail[256];
+    if (page_read(&pg, tricky_page, strlen(tricky_page), "D-1", detail, sizeof detail) != RR_OK)
+        fail_msg("refused: %s", detail);
+    assert_int_equal(pg.l.count, 2);
+    assert_int_equal(pg.l.skipped, 6);
+    assert_int_equal(pg.l.items[0].index, 0);
+    assert_int_equal(pg.l.items[0].no, 1);
+    assert_int_equal(pg.l.items[1].index, 3);
+    assert_int_equal(pg.l.items[1].no, 3);
+    struct json_object *p = passing_of(&pg, 0);
+    assert_str_member(p, "transponder", "]}[{,\"\\");
+    json_object_put(p);
+    p = passing_of(&pg, 1);
+    assert_str_member(p, "transponder", "it's ]");
+    json_object_put(p);
+    page_cleanup(&pg);
+
+    /* strings and scalars alone as records */
+    static const char *ok[] = {
+        "[\"]\"]", "[\"\\\\\"]",        "[\"\\\"]\"]", "[\"[\",\"{\"]", "[1,2]",         "[-1]",
+        "[1e5]",   "[true,false,null]", "[[]]",        "[{}]",          "[[[\"]]]\"]]]", "[ ]",
+        "[\n]",    "\t[{} ]\r\n",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        if (detections_str(ok[i], "D-1", &pg) != RR_OK)
+            fail_msg("refused: %s", ok[i]);
+        page_cleanup(&pg);
+    }
+}
+
+static void test_scanner_refuses(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "[{}",              /* truncated after a record */
+        "[{},",             /* ... after a comma */
+        "[{\"a\":\"]}",     /* ... inside a string that holds a bracket */
+        "[\"\\\"]",         /* ... after an escaped quote */
+        "[\"\\",            /* ... inside an escape */
+        "[1",               /* ... after a scalar */
+        "[{}]x",            /* trailing garbage */
+        "[{}] ]",           /* a bracket too many */
+        "[{} {}]",          /* missing comma */
+        "[{}\n{}]",         /* missing comma, whitespace only */
+        "[{},,{}]",         /* double comma */
+        "[,{}]",            /* leading comma */
+        "[{},]",            /* trailing comma */
+        "[{}:{}]",          /* not a comma */
+        "[{}\f,{}]",        /* not JSON whitespace */
+        "[{}\v]",           /* not JSON whitespace */
+        "[{}, \xc2\xa0{}]", /* a non-breaking space */
+        "['x']",            /* a single-quoted record */
+        "[{}]]",            /* closes more than it opened */
+        "[{]}",             /* brackets that do not match */
+        "[{\"a\":[}]]",     /* ... inside a record */
+        "[{\"a\":1}}]",     /* ... after a record */
+        "[1 2]",            /* two scalars */
+        "[tru]",            /* not a literal */
+        "[01]",             /* not an RFC 8259 number */
+        "[\"a\"\"b\"]",     /* two strings */
+        "[\"a\"x]",         /* a string and garbage */
+    };
+    struct page pg;
+    char detail[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (page_read(&pg, bad[i], strlen(bad[i]), "D-1", detail, sizeof detail) != RR_ERR_JSON)
+            fail_msg("accepted: %s", bad[i]);
+        assert_true(strlen(detail) > 0);
+        page_cleanup(&pg);
+    }
+    /* a NUL between records and after the page */
+    static const char nul_between[] = "[{}\0,{}]";
+    assert_int_equal(page_read(&pg, nul_between, sizeof nul_between - 1, "D-1", NULL, 0),
+                     RR_ERR_JSON);
+    static const char nul_after[] = "[{}]\0";
+    assert_int_equal(page_read(&pg, nul_after, sizeof nul_after - 1, "D-1", NULL, 0), RR_ERR_JSON);
+
+    /* every proper prefix of a page is refused */
+    size_t n = strlen(tricky_page);
+    while (n > 0 && strchr(" \t\r\n", tricky_page[n - 1]))
+        n--;
+    for (size_t k = 0; k < n; k++) {
+        if (page_read(&pg, tricky_page, k, "D-1", detail, sizeof detail) != RR_ERR_JSON)
+            fail_msg("accepted the first %zu bytes", k);
+        page_cleanup(&pg);
+    }
+}
+
+/* One bad record among good ones refuses the whole page, wherever it is. */
+static void test_scanner_one_bad_record(void **state)
+{
+    (void)state;
+#define BYTES(s)                                                                                   \
+    {                                                                                              \
+        s, sizeof s - 1                                                                            \
+    }
+    static const struct {
+        const char *s;
+        size_t len;
+    } bad[] = {
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,\"Code\":\"\xff\"}"),         /* invalid UTF-8 */
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,\"Code\":\"\xed\xa0\x80\"}"), /* a surrogate */
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,'Code':\"x\"}"),              /* a single quote */
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,\"Code\":\"a\0b\"}"),         /* a NUL */
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,\"RSSI\":NaN}"),              /* not a number */
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,\"RSSI\":1.}"),               /* not RFC 8259 */
+        BYTES("{\"FileNo\":1,\"PassingNo\":9,}"),                          /* not JSON */
+    };
+#undef BYTES
+    char *body = malloc(64 * 1024);
+    assert_non_null(body);
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+        for (int at = 0; at < 5; at++) {
+            size_t n = 0;
+            body[n++] = '[';
+            for (int i = 0; i < 5; i++) {
+                if (i > 0)
+                    body[n++] = ',';
+                if (i == at) {
+                    memcpy(body + n, bad[b].s, bad[b].len);
+                    n += bad[b].len;
+                } else {
+                    n += (size_t)sprintf(body + n, "{\"FileNo\":1,\"PassingNo\":%d}", i + 1);
+                }
+            }
+            body[n++] = ']';
+            struct page pg;
+            char detail[256];
+            if (page_read(&pg, body, n, "D-1", detail, sizeof detail) != RR_ERR_JSON)
+                fail_msg("bad record %zu at %d accepted", b, at);
+            char want[32];
+            snprintf(want, sizeof want, "record %d", at);
+            if (!strstr(detail, want))
+                fail_msg("detail does not name %s: %s", want, detail);
+            page_cleanup(&pg);
+        }
+    }
+    free(body);
+}
+
+/* Depth counts from the page: the array is level 1, a record level 2. */
+static void test_scanner_depth(void **state)
+{
+    (void)state;
+    struct page pg;
+    char detail[128];
+    const char *opens[] = {"[", "{\"a\":"};
+    const char *closes[] = {"]", "}"};
+    for (int kind = 0; kind < 2; kind++) {
+        for (int depth = RR_MAX_DEPTH - 2; depth <= RR_MAX_DEPTH + 1; depth++) {
+            /* [ good record , <depth - 1 levels> ]: the page itself is level 1 */
+            char body[1024];
+            size_t n = (size_t)sprintf(body, "[{\"FileNo\":1,\"PassingNo\":1},");
+            for (int i = 0; i < depth - 1; i++)
+                n += (size_t)sprintf(body + n, "%s", opens[kind]);
+            n += (size_t)sprintf(body + n, "1");
+            for (int i = 0; i < depth - 1; i++)
+                n += (size_t)sprintf(body + n, "%s", closes[kind]);
+            n += (size_t)sprintf(body + n, "]");
+            enum rr_error rc = page_read(&pg, body, n, "D-1", detail, sizeof detail);
+            assert_int_equal(rc, depth <= RR_MAX_DEPTH ? RR_OK : RR_ERR_JSON);
+            if (rc != RR_OK)
+                assert_non_null(strstr(detail, "nested"));
+            page_cleanup(&pg);
+        }
+    }
+}
+
+/* Any one byte of a page changed: the scanner decides as the page parsed
+ * whole does (page_read() compares every outcome and record). */
+static void test_scanner_one_byte_changed(void **state)
+{
+    (void)state;
+    size_t len;
+    char *base = slurp(FIX "detections_mixed.json", &len);
+    size_t n = strlen(tricky_page);
+    char *pages[2] = {base, malloc(n)};
+    size_t lens[2] = {len, n};
+    assert_non_null(pages[1]);
+    memcpy(pages[1], tricky_page, n);
+    size_t accepted = 0, refused = 0;
+    for (int b = 0; b < 2; b++) {
+        for (size_t i = 0; i < lens[b]; i++) {
+            char was = pages[b][i];
+            for (size_t k = 0; k < sizeof scanner_bytes; k++) { /* with the NUL */
+                pages[b][i] = scanner_bytes[k];
+                struct page pg;
+                if (page_read(&pg, pages[b], lens[b], "D-1", NULL, 0) == RR_OK)
+                    accepted++;
+                else
+                    refused++;
+                page_cleanup(&pg);
+            }
+            pages[b][i] = was;
+        }
+    }
+    /* both outcomes were exercised */
+    assert_true(accepted > 100);
+    assert_true(refused > 100);
+    free(pages[0]);
+    free(pages[1]);
+}
+
+/* A page of 10,000 records, decoder passings, Ubidium detections and
+ * trackpings mixed with records to skip, is read as it was read whole. */
+static void test_scanner_big_page(void **state)
+{
+    (void)state;
+    size_t cap = 10000 * 600, n = 0;
+    char *body = malloc(cap);
+    assert_non_null(body);
+    n += (size_t)sprintf(body + n, "[\n");
+    for (int i = 1; i <= 10000; i++) {
+        const char *sep = i < 10000 ? ",\n" : "\n";
+        if (i % 97 == 0)
+            n += (size_t)sprintf(body + n, "{\"FileNo\":3,\"Code\":\"no number %d\"}%s", i, sep);
+        else if (i % 3 == 0)
+            n += (size_t)sprintf(
+                body + n,
+                "{\"act_data\":{\"channel\":%d,\"loop_id\":2},\"hits\":%d,\"no\":{\"file\":3,"
+                "\"no\":%d},\"rssi\":-%d,\"time\":\"2025-06-01T10:15:%02d.%03d+02:00\","
+                "\"transp\":{\"active\":{\"bat\":%d},\"id\":\"NX%04d\"}}%s",
+                i % 8, i % 40, i, 40 + i % 50, i % 60, i % 1000, 25 + i % 12, i % 150, sep);
+        else if (i % 3 == 1)
+            n += (size_t)sprintf(body + n,
+                                 "{\"Battery\":%d.%d,\"Channel\":%d,\"Code\":\"KD%04d\","
+                                 "\"FileNo\":3,\"Hits\":%d,\"LoopID\":1,\"PassingNo\":%d,"
+                                 "\"Position\":{\"Flag\":\"S\",\"Latitude\":0.0},\"RSSI\":-%d,"
+                                 "\"RealTime\":\"2025-06-01T10:15:%02d.%09dZ\","
+                                 "\"Note\":\"[{\\\"%d\\\"}]\"}%s",
+                                 2 + i % 2, i % 10, i % 8, i % 150, i % 40, i, 40 + i % 50, i % 60,
+                                 i, i, sep);
+        else
+            n += (size_t)sprintf(body + n,
+                                 "{\"Code\":\"TB%d\",\"FileNo\":\"3\",\"Hits\":%d,\"RSSI\":-60,"
+                                 "\"Time\":\"2025-06-01T08:15:31.25Z\",\"TrackpingNo\":\"%d\"}%s",
+                                 i, i % 40, i, sep);
+        assert_true(n < cap - 1000);
+    }
+    n += (size_t)sprintf(body + n, "]\n");
+    struct page pg;
+    char detail[256];
+    if (page_read(&pg, body, n, "D-4013", detail, sizeof detail) != RR_OK)
+        fail_msg("refused: %s", detail);
+    assert_int_equal(pg.l.count + pg.l.skipped, 10000);
+    assert_int_equal(pg.l.skipped, 10000 / 97);
+    int64_t last = 0;
+    for (size_t i = 0; i < pg.l.count; i++) {
+        const struct rr_passing *p = &pg.l.items[i];
+        assert_int_equal(p->no, (int64_t)p->index + 1);
+        assert_true(p->no > last);
+        last = p->no;
+        assert_int_equal(p->kind, p->no % 3 == 0   ? RR_UBIDIUM_DETECTION
+                                  : p->no % 3 == 1 ? RR_PASSING
+                                                   : RR_TRACKPING);
+    }
+    struct json_object *p = passing_of(&pg, pg.l.count - 1);
+    assert_str_member(p, "id", "D-4013/3/10000");
+    assert_str_member(p, "transponder", "KD0100");
+    json_object_put(p);
+    page_cleanup(&pg);
+    free(body);
 }
 
 /* ---- time ---------------------------------------------------------------- */
@@ -1223,12 +1557,16 @@ static void test_detail_is_bounded(void **state)
     char detail[8];
     memset(detail, 'x', sizeof detail);
     struct rr_passing_list l;
-    assert_int_equal(rr_parse_detections("{}", 2, &l, detail, sizeof detail), RR_ERR_SHAPE);
+    assert_int_equal(rr_parse_detections("{}", 2, "D-1", &l, detail, sizeof detail), RR_ERR_SHAPE);
     assert_int_equal(strlen(detail), sizeof detail - 1);
-    assert_int_equal(rr_parse_detections("{}", 2, &l, detail, 0), RR_ERR_SHAPE);
+    assert_int_equal(rr_parse_detections("{}", 2, "D-1", &l, detail, 0), RR_ERR_SHAPE);
+    memset(detail, 'x', sizeof detail);
+    assert_int_equal(rr_parse_detections("[1,,2]", 6, "D-1", &l, detail, sizeof detail),
+                     RR_ERR_JSON);
+    assert_int_equal(strlen(detail), sizeof detail - 1);
     /* a successful parse leaves an empty detail */
     char full[64] = "stale";
-    assert_int_equal(rr_parse_detections("[]", 2, &l, full, sizeof full), RR_OK);
+    assert_int_equal(rr_parse_detections("[]", 2, "D-1", &l, full, sizeof full), RR_OK);
     assert_string_equal(full, "");
     rr_passing_list_cleanup(&l);
 }
@@ -1254,6 +1592,12 @@ int main(void)
         cmocka_unit_test(test_huge_strings),
         cmocka_unit_test(test_invalid_json),
         cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_scanner_strings),
+        cmocka_unit_test(test_scanner_refuses),
+        cmocka_unit_test(test_scanner_one_bad_record),
+        cmocka_unit_test(test_scanner_depth),
+        cmocka_unit_test(test_scanner_one_byte_changed),
+        cmocka_unit_test(test_scanner_big_page),
         cmocka_unit_test(test_time_valid),
         cmocka_unit_test(test_time_ancient),
         cmocka_unit_test(test_time_invalid),
