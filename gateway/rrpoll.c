@@ -591,16 +591,21 @@ static void poll_round(struct rrpoll *p)
     api_ok(p);
     rest_response_cleanup(&resp);
 
+    /* Every device and its status first, then the passings: a long backlog
+     * on one decoder must not keep the others' status (or the page's device
+     * list) waiting. The observer hears of a device before its status. */
     uint64_t now = now_ms();
     for (size_t i = 0; i < list.count && !atomic_load(&p->stop); i++) {
         struct device *d = device_get(p, &list.devices[i]);
         if (!d)
             continue;
-        /* The observer hears of the device before its status. */
         if (p->obs.device)
             p->obs.device(p->obs.ctx, &list.devices[i]);
         publish_status(p, d, &list.devices[i]);
-        if (mqtt_is_connected(p->m) && due(d, &list.devices[i], now))
+    }
+    for (size_t i = 0; i < list.count && !atomic_load(&p->stop); i++) {
+        struct device *d = device_get(p, &list.devices[i]);
+        if (d && mqtt_is_connected(p->m) && due(d, &list.devices[i], now))
             fetch_device(p, d, &list.devices[i]);
     }
     if (p->obs.listed && !atomic_load(&p->stop))
