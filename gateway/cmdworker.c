@@ -16,15 +16,29 @@
  *   subscription. With MQTT 5 the subscription asks for Retain As Published,
  *   so a command published retained is recognisable even when it arrives live.
  * - Several replicas share one command stream through
- *   $share/<raceresult.command_group>/..., so each command runs once.
+ *   $share/<raceresult.command_group>/..., so each command runs once, but only
+ *   where the broker really delivers shared subscriptions. RabbitMQ and NATS
+ *   grant the SUBACK of a $share filter and deliver nothing; ejabberd closes
+ *   the connection (reference/clustered-brokers.md). So after every connect
+ *   the worker publishes a probe to a filter of its own in the group and
+ *   subscribes the group only once the probe came back. If it does not, it
+ *   says so once and partitions instead: a replica with raceresult.devices
+ *   subscribes to those devices' cmd topics only, which needs no broker
+ *   feature; disjoint lists run each command once.
+ * - With raceresult.devices set, a command for any other device is ignored,
+ *   and the wildcard subscription an earlier run may have left in the broker's
+ *   copy of our session is removed.
  */
 #include "race2mqtt/cmdworker.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "race2mqtt/command.h"
 #include "race2mqtt/config.h"
@@ -36,6 +50,13 @@
 #define DEVICE_MAX 256
 #define BODY_MAX 4096 /* a request is a command and a transaction: small */
 #define ERR_MAX 512
+#define FILTER_MAX 600
+/* The share probe: sent every PROBE_EVERY_MS (the first may overtake our
+ * SUBSCRIBE on a broker that handles it asynchronously), given up after
+ * PROBE_MS; connections lost during a probe before we call it refused. */
+#define PROBE_MS 2000
+#define PROBE_EVERY_MS 500
+#define PROBE_CUTS 2
 
 struct request {
     char device[DEVICE_MAX + 1];
@@ -56,7 +77,11 @@ struct cmdworker {
     pthread_t thread;
     bool running;
     _Atomic bool stop;
-    char filter[512];
+    char filter[FILTER_MAX];      /* for the log: what commands arrive on */
+    char probe_topic[FILTER_MAX]; /* <mqtt.base_topic>/bridge/share_probe/<client id> */
+    char probe_filter[2 * FILTER_MAX];
+    bool share_failed; /* worker thread: the broker does not deliver $share */
+    unsigned probe_cuts;
 
     pthread_mutex_t lock; /* protects the queue and the flags below */
     pthread_cond_t cond;
@@ -64,7 +89,16 @@ struct cmdworker {
     size_t head, count;
     bool subscribe;       /* connected: (re)subscribe on the worker thread */
     bool warned_full;
+    uint64_t probe_nonce; /* the probe in flight, 0 for none */
+    bool probe_seen;
 };
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 static void request_free(struct request *r)
 {
@@ -91,11 +125,35 @@ static bool device_of(const struct cmdworker *w, const char *topic, char *device
     return true;
 }
 
+/* Our share probe came back: the payload says whether it is the current one. */
+static void probe_arrived(struct cmdworker *w, const struct mqtt_message *msg)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%.*s", msg->len < sizeof text ? (int)msg->len : 0,
+             (const char *)msg->payload);
+    uint64_t nonce = strtoull(text, NULL, 16);
+    pthread_mutex_lock(&w->lock);
+    if (nonce != 0 && nonce == w->probe_nonce) {
+        w->probe_seen = true;
+        pthread_cond_signal(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
 void cmdworker_message(struct cmdworker *w, const struct mqtt_message *msg)
 {
     struct request r = {0};
+    if (strcmp(msg->topic, w->probe_topic) == 0) {
+        probe_arrived(w, msg);
+        return;
+    }
     if (!device_of(w, msg->topic, r.device, sizeof r.device))
         return;
+    const char *devices = w->cfg->raceresult.devices;
+    if (devices && !config_list_has(devices, r.device)) {
+        log_debug("raceresult: command for %s ignored: not in raceresult.devices", r.device);
+        return;
+    }
     /* An empty message is how a retained command is cleared, not a request. */
     if (msg->len == 0)
         return;
@@ -235,6 +293,158 @@ answer:
     command_request_cleanup(&req);
 }
 
+/* ---- subscriptions ---- */
+
+/* <base>/<device>/cmd, with $share/<group>/ in front when shared. */
+static void filter_for(const struct cmdworker *w, const char *device, bool shared, char *out)
+{
+    const struct config *cfg = w->cfg;
+    if (shared)
+        snprintf(out, FILTER_MAX, "$share/%s/%s/%s/cmd", cfg->raceresult.command_group,
+                 cfg->raceresult.base_topic, device);
+    else
+        snprintf(out, FILTER_MAX, "%s/%s/cmd", cfg->raceresult.base_topic, device);
+}
+
+/* Logs why $share is not used and partitions from now on; returns 0. */
+static int share_refused(struct cmdworker *w, const char *why)
+{
+    const struct config *cfg = w->cfg;
+    char plain[FILTER_MAX];
+    filter_for(w, "+", false, plain);
+    w->share_failed = true;
+    if (cfg->raceresult.devices)
+        log_error("raceresult: raceresult.command_group = %s, but the broker does not deliver "
+                  "shared subscriptions (%s). Not using $share, which would receive nothing: "
+                  "partitioned instead, commands for raceresult.devices (%s) only",
+                  cfg->raceresult.command_group, why, cfg->raceresult.devices);
+    else
+        log_error("raceresult: raceresult.command_group = %s, but the broker does not deliver "
+                  "shared subscriptions (%s). Not using $share, which would receive nothing: "
+                  "commands on %s, so every replica runs every command; give each replica "
+                  "its own raceresult.devices (README \"More than one machine\")",
+                  cfg->raceresult.command_group, why, plain);
+    return 0;
+}
+
+/*
+ * Whether the broker delivers shared subscriptions: 1 yes, 0 no (logged, and
+ * partitioning from now on), -1 not known (connection lost or stopping; try
+ * again on the next connect). Worker thread.
+ */
+static int share_check(struct cmdworker *w)
+{
+    if (mqtt_shared_available(w->m) == 0)
+        return share_refused(w, "its CONNACK says Shared Subscription Available = 0");
+    if (mqtt_subscribe(w->m, w->probe_filter, 1) != 0)
+        return -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t nonce = ((uint64_t)ts.tv_nsec << 20 ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid()) | 1;
+    char payload[32];
+    int plen = snprintf(payload, sizeof payload, "%016" PRIx64, nonce);
+    pthread_mutex_lock(&w->lock);
+    w->probe_nonce = nonce;
+    w->probe_seen = false;
+    uint64_t start = now_ms(), next = start;
+    bool seen = false, up = true;
+    while (!atomic_load(&w->stop)) {
+        uint64_t now = now_ms();
+        if (now >= next && now < start + PROBE_MS) {
+            pthread_mutex_unlock(&w->lock);
+            mqtt_publish(w->m, w->probe_topic, payload, (size_t)plen, 1, false, 0);
+            pthread_mutex_lock(&w->lock);
+            next += PROBE_EVERY_MS;
+        }
+        seen = w->probe_seen;
+        up = mqtt_is_connected(w->m);
+        if (seen || !up || now >= start + PROBE_MS)
+            break;
+        uint64_t until_ms = next < start + PROBE_MS ? next : start + PROBE_MS;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + (until_ms - now) * 1000000u;
+        until.tv_sec += (time_t)(ns / 1000000000u);
+        until.tv_nsec = (long)(ns % 1000000000u);
+        pthread_cond_timedwait(&w->cond, &w->lock, &until);
+    }
+    w->probe_nonce = 0;
+    pthread_mutex_unlock(&w->lock);
+    uint64_t took = now_ms() - start;
+    if (up)
+        mqtt_unsubscribe(w->m, w->probe_filter);
+    if (seen) {
+        w->probe_cuts = 0;
+        log_info("raceresult: the broker delivers shared subscriptions (probe back in %" PRIu64
+                 " ms)",
+                 took);
+        return 1;
+    }
+    if (atomic_load(&w->stop))
+        return -1;
+    if (!up) {
+        /* ejabberd closes the connection on a $share subscribe. */
+        if (++w->probe_cuts < PROBE_CUTS)
+            return -1;
+        share_refused(w, "it closed the connection each time we subscribed to $share");
+        return -1;
+    }
+    char why[FILTER_MAX * 3 + 64];
+    snprintf(why, sizeof why, "a probe published to %s did not come back through %s within %d ms",
+             w->probe_topic, w->probe_filter, PROBE_MS);
+    return share_refused(w, why);
+}
+
+/*
+ * After every connect: the command subscriptions, shared or partitioned, and
+ * none that would receive nothing or commands for someone else's devices.
+ * Returns 0, or -1 to try again. Worker thread.
+ */
+static int subscribe_commands(struct cmdworker *w)
+{
+    const char *group = w->cfg->raceresult.command_group;
+    const char *devices = w->cfg->raceresult.devices;
+    bool shared = false;
+    if (group && !w->share_failed) {
+        int r = share_check(w);
+        if (r < 0)
+            return -1;
+        shared = r == 1;
+    }
+    char filter[FILTER_MAX];
+    if (devices) {
+        /* Left in the session by a run without a list, or before partitioning. */
+        filter_for(w, "+", false, filter);
+        mqtt_unsubscribe(w->m, filter);
+        if (group) {
+            filter_for(w, "+", true, filter);
+            mqtt_unsubscribe(w->m, filter);
+        }
+    }
+    int rc = 0;
+    size_t used = 0;
+    for (const char *s = devices ? devices : "+"; *s;) {
+        size_t len = strcspn(s, ",");
+        char device[DEVICE_MAX + 1];
+        snprintf(device, sizeof device, "%.*s", (int)len, s);
+        s += len + (s[len] == ',');
+        if (group) {
+            /* The other form: a $share that receives nothing, or a plain
+             * subscription that would run the group's commands twice. */
+            filter_for(w, device, !shared, filter);
+            mqtt_unsubscribe(w->m, filter);
+        }
+        filter_for(w, device, shared, filter);
+        if (mqtt_subscribe(w->m, filter, 1) != 0)
+            rc = -1;
+        if (used < sizeof w->filter)
+            used += (size_t)snprintf(w->filter + used, sizeof w->filter - used, "%s%s",
+                                     used ? ", " : "", filter);
+    }
+    log_info("raceresult: decoder commands on %s", w->filter);
+    return rc;
+}
+
 static void *run(void *arg)
 {
     struct cmdworker *w = arg;
@@ -245,7 +455,7 @@ static void *run(void *arg)
             pthread_mutex_unlock(&w->lock);
             /* The session usually keeps the subscription; renewing it is
              * harmless and covers a broker that lost it. */
-            if (mqtt_subscribe(w->m, w->filter, 1) != 0) {
+            if (subscribe_commands(w) != 0) {
                 pthread_mutex_lock(&w->lock);
                 w->subscribe = mqtt_is_connected(w->m);
                 continue;
@@ -279,11 +489,15 @@ struct cmdworker *cmdworker_new(const struct config *cfg, struct rest_auth *auth
     w->auth = auth;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
-    if (cfg->raceresult.command_group)
-        snprintf(w->filter, sizeof w->filter, "$share/%s/%s/+/cmd", cfg->raceresult.command_group,
-                 cfg->raceresult.base_topic);
-    else
-        snprintf(w->filter, sizeof w->filter, "%s/+/cmd", cfg->raceresult.base_topic);
+    /* One probe topic per client id, so that only we are in its group; the
+     * id may hold characters a topic level cannot. */
+    int n = snprintf(w->probe_topic, sizeof w->probe_topic, "%s/bridge/share_probe/",
+                     cfg->mqtt.base_topic);
+    for (const char *c = cfg->mqtt.client_id; c && *c && n + 1 < (int)sizeof w->probe_topic; c++)
+        w->probe_topic[n++] = strchr("+#/", *c) || (unsigned char)*c < 0x20 ? '_' : *c;
+    w->probe_topic[n] = '\0';
+    snprintf(w->probe_filter, sizeof w->probe_filter, "$share/%s/%s",
+             cfg->raceresult.command_group ? cfg->raceresult.command_group : "-", w->probe_topic);
     return w;
 }
 
@@ -298,7 +512,6 @@ int cmdworker_start(struct cmdworker *w, struct mqtt *m, char *err, size_t errle
         return -1;
     }
     w->running = true;
-    log_info("raceresult: decoder commands on %s", w->filter);
     return 0;
 }
 

@@ -136,6 +136,7 @@ static const struct choice start_choices[] = {
 };
 
 static const struct choice protocol_choices[] = {
+    {"auto", CONFIG_MQTT_AUTO},
     {"5", CONFIG_MQTT_5},
     {"3.1.1", CONFIG_MQTT_311},
     {NULL, 0},
@@ -155,7 +156,8 @@ static const struct choice protocol_choices[] = {
 static const struct key keys[] = {
     {.section = "mqtt", .name = "url", .type = KEY_STRING, AT(mqtt.url),
      .def = "mqtt://127.0.0.1:1883", .flags = KEY_REQUIRED, .check = check_mqtt_url,
-     .help = "broker URL, mqtt://host:port or mqtts://host:port (TLS)"},
+     .help = "broker URL, mqtt://host:port or mqtts://host:port (TLS); a comma-separated "
+             "list of up to 8 for failover, tried in order on every connect"},
     {.section = "mqtt", .name = "client_id", .type = KEY_STRING, AT(mqtt.client_id),
      .flags = KEY_REQUIRED,
      .help = "MQTT client id, stable so the broker keeps our session; default race2mqtt-<host>"},
@@ -174,8 +176,9 @@ static const struct key keys[] = {
      .flags = KEY_READABLE, .help = "PEM private key of cert_file"},
     {.section = "mqtt", .name = "tls_verify", .type = KEY_BOOL, AT(mqtt.tls_verify),
      .def = "true", .help = "verify the broker's certificate and host name (mqtts:// only)"},
-    {.section = "mqtt", .name = "protocol", .type = KEY_CHOICE, AT(mqtt.protocol), .def = "5",
-     .choices = protocol_choices, .help = "MQTT protocol version: 5 or 3.1.1"},
+    {.section = "mqtt", .name = "protocol", .type = KEY_CHOICE, AT(mqtt.protocol),
+     .def = "auto", .choices = protocol_choices,
+     .help = "MQTT protocol version: auto (5, or 3.1.1 when the broker refuses 5), 5 or 3.1.1"},
     {.section = "mqtt", .name = "base_topic", .type = KEY_STRING, AT(mqtt.base_topic),
      .def = "race2mqtt", .flags = KEY_REQUIRED, .check = check_topic,
      .help = "topic prefix of the gateway's own topics (bridge/state, bridge/info)"},
@@ -320,23 +323,43 @@ static const struct key keys[] = {
 
 /* ---- value checks ---- */
 
+#define MQTT_URLS_MAX 8 /* mqtt.c's MQTT_URIS */
+
+/* One URL, or a comma-separated list of them (spaces around commas allowed). */
 static const char *check_mqtt_url(void *field)
 {
     const char *url = *(char **)field;
-    const char *host;
-    if (strncmp(url, "mqtt://", 7) == 0)
-        host = url + 7;
-    else if (strncmp(url, "mqtts://", 8) == 0)
-        host = url + 8;
-    else
-        return "must start with mqtt:// or mqtts://";
-    if (*host == '\0' || *host == ':' || *host == '/')
-        return "has no host name";
-    /* paho would take user:password@ as part of the host and the URL is
-     * logged and shown on the page: credentials have their own keys. */
-    if (memchr(host, '@', strcspn(host, "/")))
-        return "must not contain user:password@; use mqtt.username and mqtt.password";
-    return NULL;
+    int n = 0;
+    for (const char *s = url;; s++) {
+        size_t len = strcspn(s, ",");
+        const char *b = s, *e = s + len;
+        while (b < e && (*b == ' ' || *b == '\t'))
+            b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (++n > MQTT_URLS_MAX)
+            return "lists more than 8 URLs";
+        if (b == e)
+            return "has an empty entry in its list";
+        if (memchr(b, ' ', (size_t)(e - b)) || memchr(b, '\t', (size_t)(e - b)))
+            return "has a space inside a URL";
+        const char *host;
+        if (strncmp(b, "mqtt://", 7) == 0)
+            host = b + 7;
+        else if (strncmp(b, "mqtts://", 8) == 0)
+            host = b + 8;
+        else
+            return "must start with mqtt:// or mqtts:// (each URL of a list)";
+        if (host >= e || *host == ':' || *host == '/')
+            return "has no host name";
+        /* paho would take user:password@ as part of the host and the URL is
+         * logged and shown on the page: credentials have their own keys. */
+        if (memchr(host, '@', strcspn(host, "/,")))
+            return "must not contain user:password@; use mqtt.username and mqtt.password";
+        s += len;
+        if (*s == '\0')
+            return NULL;
+    }
 }
 
 /* Strips trailing slashes, because the REST client appends "/token" etc. */
@@ -518,6 +541,18 @@ static int parse_size(const char *s, int64_t *out)
 }
 
 /* Trims blanks around each item and refuses empty items and odd characters. */
+bool config_list_has(const char *list, const char *item)
+{
+    size_t n = strlen(item);
+    for (const char *s = list; s && *s;) {
+        size_t len = strcspn(s, ",");
+        if (len == n && memcmp(s, item, n) == 0)
+            return true;
+        s += len + (s[len] == ',');
+    }
+    return false;
+}
+
 static int normalise_list(const char *in, char *out, char *why, size_t whylen)
 {
     size_t n = 0;

@@ -270,6 +270,9 @@ static char *render_metrics(void *ctx, size_t *len)
         .journal_max_bytes = st.max_bytes,
         .last_seq = last,
         .http_streams = http_streams(atomic_load(&g->http)),
+        .broker_server = mqtt_server_index(g->mqtt),
+        .broker_url = mqtt_server(g->mqtt),
+        .broker_protocol = mqtt_protocol(g->mqtt),
     };
     return metrics_render(&gauges, len);
 }
@@ -308,6 +311,9 @@ static json_object *render_state(void *ctx)
     json_object *b = json_object_new_object();
     /* config refuses user info in the URL: nothing secret in it. */
     add(b, "url", json_object_new_string(g->cfg.mqtt.url));
+    const char *server = mqtt_server(g->mqtt);
+    add(b, "server", server ? json_object_new_string(server) : NULL);
+    add(b, "protocol", json_object_new_string(mqtt_protocol(g->mqtt)));
     add(b, "connected", json_object_new_boolean(since != 0));
     add(b, "connected_since_ms", since ? json_object_new_int64((int64_t)since) : NULL);
     add(b, "reconnects", json_object_new_int64((int64_t)mqtt_reconnects(g->mqtt)));

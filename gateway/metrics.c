@@ -244,6 +244,30 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         (unsigned long long)g->queue_depth, (unsigned long long)g->journal_bytes,
         (unsigned long long)g->journal_max_bytes, (unsigned long long)g->last_seq, g->http_streams);
 
+    put(&t,
+        "# HELP race2mqtt_broker_server Position in mqtt.url of the broker connected to "
+        "(1 = the first); 0 while disconnected.\n"
+        "# TYPE race2mqtt_broker_server gauge\n"
+        "race2mqtt_broker_server %d\n"
+        "# HELP race2mqtt_broker_info The broker connection in use: its URL and MQTT "
+        "protocol (absent while disconnected).\n"
+        "# TYPE race2mqtt_broker_info gauge\n",
+        g->broker_server);
+    if (g->broker_url && g->broker_protocol) {
+        put(&t, "race2mqtt_broker_info{url=\"");
+        /* A label value escapes \\, " and newlines; the URL comes from the
+         * configuration, which refuses user info in it. */
+        for (const char *c = g->broker_url; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                put(&t, "\\%c", *c);
+            else if (*c == '\n')
+                put(&t, "\\n");
+            else
+                put(&t, "%c", *c);
+        }
+        put(&t, "\",protocol=\"%s\"} 1\n", g->broker_protocol);
+    }
+
     if (t.oom) {
         free(t.buf);
         return NULL;

@@ -74,6 +74,9 @@
 #define CONNECT_TIMEOUT_S 10
 /* Connections in a row that end without one acknowledgement of ours. */
 #define STALL_CONNECTIONS 3
+/* Broker URLs in mqtt.url, tried in this order on every connect. */
+#define MQTT_URIS 8
+#define URI_MAX 512
 
 struct pub_ctx;
 
@@ -81,6 +84,8 @@ struct pub_ctx;
 struct conn {
     struct mqtt *m;
     MQTTAsync client;
+    bool v5;               /* MQTT 5, else 3.1.1 */
+    bool fallback;         /* mqtt.protocol = auto: the 3.1.1 try after MQTT 5 failed */
     bool clean;            /* asked for a clean session */
     bool reset_only;       /* 3.1.1 clean session: connected only to drop it */
     _Atomic bool up;       /* CONNACK seen */
@@ -107,13 +112,16 @@ static pthread_mutex_t quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
 struct mqtt {
     const struct config *cfg;
     struct mqtt_callbacks cb;
-    char uri[512];
+    char uris[MQTT_URIS][URI_MAX]; /* paho's form: tcp://host:port, ssl://host:port */
+    char *uri_ptrs[MQTT_URIS];
+    int nuris;
+    char uri_text[MQTT_URIS * (URI_MAX + 2)]; /* "tcp://a:1883, tcp://b:1883" for the log */
     char state_topic[256];
-    bool v5;
     bool tls;
 
-    /* Connect options live here because paho reads them on every connect. */
-    MQTTAsync_connectOptions conn_opts;
+    /* Connect options live here because paho reads them on every connect:
+     * one set per protocol, since mqtt.protocol = auto may use both. */
+    MQTTAsync_connectOptions opts5, opts3;
     MQTTAsync_willOptions will;
     MQTTAsync_SSLOptions ssl;
     MQTTProperties connect_props;
@@ -127,6 +135,10 @@ struct mqtt {
 
     _Atomic bool connected;
     _Atomic bool ever_connected;
+    _Atomic int server;           /* 1 + index in uris of the connection, 0 before one */
+    _Atomic int shared_available; /* the CONNACK's Shared Subscription Available; -1 in 3.1.1 */
+    _Atomic bool fell_back;       /* auto: the broker refused MQTT 5, 3.1.1 from now on */
+    _Atomic bool v5_now;          /* protocol of the current (or next) connection */
     _Atomic uint64_t connected_since_ms; /* wall clock of the last connect, for the page */
     _Atomic uint64_t connects;
     _Atomic bool stalled;
@@ -141,7 +153,8 @@ struct mqtt {
     bool stopping;
     bool stopped;
     bool warned_unreachable;
-    char tls_error[256]; /* OpenSSL's last complaint, for the next log line */
+    char tls_error[256];  /* OpenSSL's last complaint, for the next log line */
+    char v5_failure[512]; /* auto: why MQTT 5 failed, said when 3.1.1 works or fails too */
 
     /* Supervisor thread only. */
     unsigned no_progress; /* connections in a row that acknowledged nothing */
@@ -186,6 +199,43 @@ static int build_uri(char *out, size_t cap, const char *url, bool *tls)
     return n > 0 && (size_t)n < cap ? 0 : -1;
 }
 
+/* mqtt.url: one URL or a comma-separated list, in the order to try them. */
+static int parse_uris(struct mqtt *m, const char *list)
+{
+    m->nuris = 0;
+    size_t used = 0;
+    for (const char *s = list;; s++) {
+        size_t len = strcspn(s, ",");
+        char one[URI_MAX];
+        const char *b = s, *e = s + len;
+        while (b < e && (*b == ' ' || *b == '\t'))
+            b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        bool tls = false;
+        if (m->nuris == MQTT_URIS || (size_t)(e - b) >= sizeof one)
+            return -1;
+        snprintf(one, sizeof one, "%.*s", (int)(e - b), b);
+        if (build_uri(m->uris[m->nuris], URI_MAX, one, &tls) != 0)
+            return -1;
+        m->tls |= tls;
+        m->uri_ptrs[m->nuris] = m->uris[m->nuris];
+        used += (size_t)snprintf(m->uri_text + used, sizeof m->uri_text - used, "%s%s",
+                                 m->nuris ? ", " : "", m->uris[m->nuris]);
+        m->nuris++;
+        s += len;
+        if (*s == '\0')
+            return 0;
+    }
+}
+
+/* The URI of the current connection, or the first before there is one. */
+static const char *server_uri(struct mqtt *m)
+{
+    int i = atomic_load(&m->server);
+    return m->uris[i > 0 ? i - 1 : 0];
+}
+
 /* Asks the supervisor for a new connection to replace c, if c is still current. */
 static void want_connect(struct mqtt *m, struct conn *c)
 {
@@ -202,7 +252,16 @@ static void on_connected(void *context, char *cause)
     struct conn *c = context;
     struct mqtt *m = c->m;
     (void)cause;
-    if (c->clean && !m->v5) {
+    if (c->fallback && !atomic_exchange(&m->fell_back, true)) {
+        pthread_mutex_lock(&m->lock);
+        log_warn("mqtt: the broker refused MQTT 5 (%s) and took 3.1.1: using MQTT 3.1.1 from "
+                 "now on (mqtt.protocol = auto). Without MQTT 5 a command's answer goes to "
+                 "<device>/cmd/response only, with its transaction, and a retained command "
+                 "arriving live is not recognised as retained",
+                 m->v5_failure[0] ? m->v5_failure : "no answer");
+        pthread_mutex_unlock(&m->lock);
+    }
+    if (c->clean && !c->v5) {
         /* 3.1.1 has no clean start that keeps the session afterwards, and a
          * clean-session client must never carry a publish (see the top): the
          * broker has dropped our stored session now, so go on with a
@@ -220,8 +279,11 @@ static void on_connected(void *context, char *cause)
                  (uint64_t)wall.tv_sec * 1000 + (uint64_t)wall.tv_nsec / 1000000);
     atomic_store(&m->connected, true);
     atomic_fetch_add(&m->connects, 1);
-    log_info("mqtt: connected to %s%s%s", m->uri, again ? " again" : "",
-             c->clean ? " (clean session)" : "");
+    char pos[48] = "";
+    if (m->nuris > 1)
+        snprintf(pos, sizeof pos, ", URL %d of %d", atomic_load(&m->server), m->nuris);
+    log_info("mqtt: connected to %s (MQTT %s%s)%s%s", server_uri(m), c->v5 ? "5" : "3.1.1", pos,
+             again ? " again" : "", c->clean ? " (clean session)" : "");
     pthread_mutex_lock(&m->lock);
     m->warned_unreachable = false;
     pthread_mutex_unlock(&m->lock);
@@ -235,7 +297,7 @@ static void report_lost(struct mqtt *m, struct conn *c, const char *cause)
     if (!atomic_load(&c->up) || atomic_exchange(&c->lost, true))
         return;
     atomic_store(&m->connected, false);
-    log_warn("mqtt: lost connection to %s%s%s", m->uri, cause[0] ? ": " : "", cause);
+    log_warn("mqtt: lost connection to %s%s%s", server_uri(m), cause[0] ? ": " : "", cause);
     if (m->cb.on_connection_lost)
         m->cb.on_connection_lost(m->cb.ctx, cause);
 }
@@ -297,12 +359,15 @@ static int on_ssl_error(const char *str, size_t len, void *u)
 }
 
 /* What a connect failure means, in words a user can act on. */
-static void explain(struct mqtt *m, int code, const char *message, char *out, size_t cap)
+static void explain(struct mqtt *m, bool v5, int code, const char *message, char *out, size_t cap)
 {
-    if (m->v5 && code >= 0x80) {
+    if (v5 && code == 1) {
+        /* A 3.1.1 broker's CONNACK "unacceptable protocol version" (NATS). */
+        snprintf(out, cap, "broker refused: unacceptable protocol version");
+    } else if (v5 && code >= 0x80) {
         snprintf(out, cap, "broker refused: %s%s", MQTTReasonCode_toString(code),
                  code == 0x86 || code == 0x87 ? "; check mqtt.username and mqtt.password" : "");
-    } else if (!m->v5 && code >= 1 && code <= 5) {
+    } else if (!v5 && code >= 1 && code <= 5) {
         static const char *const refusals[] = {"",
                                                "unacceptable protocol version",
                                                "client id rejected",
@@ -328,18 +393,37 @@ static void explain(struct mqtt *m, int code, const char *message, char *out, si
     }
 }
 
-/* One line when the broker becomes unreachable, not one per retry. */
-static void connect_failed(struct mqtt *m, int code, const char *message)
+/* mqtt.protocol = auto and the broker has not refused MQTT 5 yet. */
+static bool may_fall_back(struct mqtt *m)
 {
+    return m->cfg->mqtt.protocol == CONFIG_MQTT_AUTO && !atomic_load(&m->fell_back);
+}
+
+/*
+ * One line when the broker becomes unreachable, not one per retry. With
+ * mqtt.protocol = auto a failed MQTT 5 attempt is followed at once by a 3.1.1
+ * one (see supervise()): its reason waits for the outcome of that one.
+ */
+static void connect_failed(struct mqtt *m, const struct conn *c, int code, const char *message)
+{
+    bool v5 = c ? c->v5 : atomic_load(&m->v5_now);
+    char why[512];
     pthread_mutex_lock(&m->lock);
-    if (!m->warned_unreachable) {
-        char why[512];
-        explain(m, code, message, why, sizeof why);
-        log_warn("mqtt: cannot connect to %s (%s); retrying every %d..%d s", m->uri, why,
-                 RECONNECT_MIN_S, RECONNECT_MAX_S);
+    explain(m, v5, code, message, why, sizeof why);
+    if (v5 && may_fall_back(m)) {
+        snprintf(m->v5_failure, sizeof m->v5_failure, "%s", why);
+        log_debug("mqtt: MQTT 5 connect to %s failed (%s); trying 3.1.1", m->uri_text, why);
+    } else if (!m->warned_unreachable) {
+        if (c && c->fallback)
+            log_warn("mqtt: cannot connect to %s (MQTT 5: %s; MQTT 3.1.1: %s); retrying every "
+                     "%d..%d s",
+                     m->uri_text, m->v5_failure, why, RECONNECT_MIN_S, RECONNECT_MAX_S);
+        else
+            log_warn("mqtt: cannot connect to %s (%s); retrying every %d..%d s", m->uri_text, why,
+                     RECONNECT_MIN_S, RECONNECT_MAX_S);
         m->warned_unreachable = true;
     } else {
-        log_debug("mqtt: connect to %s failed (%d)", m->uri, code);
+        log_debug("mqtt: connect to %s failed (%s)", m->uri_text, why);
     }
     m->tls_error[0] = '\0';
     pthread_mutex_unlock(&m->lock);
@@ -348,15 +432,27 @@ static void connect_failed(struct mqtt *m, int code, const char *message)
 static void on_connect_failure(void *context, MQTTAsync_failureData *resp)
 {
     struct conn *c = context;
-    connect_failed(c->m, resp ? resp->code : -1, resp ? resp->message : NULL);
+    connect_failed(c->m, c, resp ? resp->code : -1, resp ? resp->message : NULL);
     want_connect(c->m, c);
 }
 
 static void on_connect_failure5(void *context, MQTTAsync_failureData5 *resp)
 {
     struct conn *c = context;
-    connect_failed(c->m, resp ? resp->code : -1, resp ? resp->message : NULL);
+    connect_failed(c->m, c, resp ? resp->code : -1, resp ? resp->message : NULL);
     want_connect(c->m, c);
+}
+
+/* Which of mqtt.url took the connection (paho tries them in order). */
+static void note_server(struct conn *c, const char *uri)
+{
+    struct mqtt *m = c->m;
+    int at = 1;
+    for (int i = 0; uri && i < m->nuris; i++) {
+        if (strcmp(uri, m->uris[i]) == 0)
+            at = i + 1;
+    }
+    atomic_store(&m->server, at);
 }
 
 /*
@@ -366,14 +462,23 @@ static void on_connect_failure5(void *context, MQTTAsync_failureData5 *resp)
  */
 static void on_connect_success(void *context, MQTTAsync_successData *resp)
 {
-    (void)context;
-    (void)resp;
+    struct conn *c = context;
+    note_server(c, resp ? resp->alt.connect.serverURI : NULL);
+    atomic_store(&c->m->shared_available, -1); /* 3.1.1 cannot say */
 }
 
+/* paho calls this before on_connected, with the CONNACK's properties. */
 static void on_connect_success5(void *context, MQTTAsync_successData5 *resp)
 {
-    (void)context;
-    (void)resp;
+    struct conn *c = context;
+    note_server(c, resp ? resp->alt.connect.serverURI : NULL);
+    /* Absent means available (MQTT 5.0, 3.2.2.3.13). */
+    int shared = 1;
+    if (resp && MQTTProperties_hasProperty(&resp->properties,
+                                           MQTTPROPERTY_CODE_SHARED_SUBSCRIPTION_AVAILABLE))
+        shared = MQTTProperties_getNumericValue(
+                     &resp->properties, MQTTPROPERTY_CODE_SHARED_SUBSCRIPTION_AVAILABLE) != 0;
+    atomic_store(&c->m->shared_available, shared);
 }
 
 /* ---- publish contexts ---- */
@@ -482,10 +587,10 @@ static void on_publish_failure5(void *context, MQTTAsync_failureData5 *resp)
     publish_failed(context, resp ? resp->code : 0);
 }
 
-static void set_response(struct mqtt *m, MQTTAsync_responseOptions *ro, struct pub_ctx *pc)
+static void set_response(MQTTAsync_responseOptions *ro, struct pub_ctx *pc)
 {
     ro->context = pc;
-    if (m->v5) {
+    if (pc->c->v5) {
         ro->onSuccess5 = on_publish_success5;
         ro->onFailure5 = on_publish_failure5;
     } else {
@@ -497,25 +602,27 @@ static void set_response(struct mqtt *m, MQTTAsync_responseOptions *ro, struct p
 /* ---- clients ---- */
 
 /* A new paho client for the next connection; NULL (logged) on failure. */
-static struct conn *conn_new(struct mqtt *m, bool clean)
+static struct conn *conn_new(struct mqtt *m, bool clean, bool v5)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->m = m;
     c->clean = clean;
+    c->v5 = v5;
     MQTTAsync_createOptions create_opts = MQTTAsync_createOptions_initializer;
-    create_opts.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    create_opts.MQTTVersion = v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     /* Nothing is published while disconnected: the journal holds it instead. */
     create_opts.sendWhileDisconnected = 0;
     /* paho counts every queued, not yet sent command against this limit even
      * while connected (default 100) and refuses the rest. The publisher's
      * window bounds what we queue; leave room for a burst of retained state. */
     create_opts.maxBufferedMessages = m->cfg->mqtt.max_inflight + 1024;
-    int rc = MQTTAsync_createWithOptions(&c->client, m->uri, m->cfg->mqtt.client_id,
+    /* With more than one URL paho takes serverURIs from the connect options. */
+    int rc = MQTTAsync_createWithOptions(&c->client, m->uris[0], m->cfg->mqtt.client_id,
                                          MQTTCLIENT_PERSISTENCE_NONE, NULL, &create_opts);
     if (rc != MQTTASYNC_SUCCESS) {
-        log_error("mqtt: cannot create a client for %s: %s", m->uri, MQTTAsync_strerror(rc));
+        log_error("mqtt: cannot create a client for %s: %s", m->uris[0], MQTTAsync_strerror(rc));
         free(c);
         return NULL;
     }
@@ -622,26 +729,29 @@ static void conn_retire(struct conn *c)
 
 static int start_connect(struct mqtt *m, struct conn *c)
 {
-    MQTTAsync_connectOptions opts = m->conn_opts;
+    MQTTAsync_connectOptions opts = c->v5 ? m->opts5 : m->opts3;
     opts.context = c;
-    if (m->v5)
+    if (c->v5)
         opts.cleanstart = c->clean;
     else
         opts.cleansession = c->clean;
+    atomic_store(&m->v5_now, c->v5);
     return MQTTAsync_connect(c->client, &opts);
 }
 
 /* Replaces the current client with a fresh one and starts connecting it. */
-static void reconnect(struct mqtt *m, bool clean)
+static void reconnect(struct mqtt *m, bool clean, bool v5, bool fallback)
 {
     pthread_mutex_lock(&m->client_lock);
-    struct conn *c = conn_new(m, clean);
+    struct conn *c = conn_new(m, clean, v5);
+    if (c)
+        c->fallback = fallback;
     conn_retire(m->cur);
     atomic_store(&m->cur, c);
     int rc = c ? start_connect(m, c) : MQTTASYNC_FAILURE;
     pthread_mutex_unlock(&m->client_lock);
     if (rc != MQTTASYNC_SUCCESS) {
-        connect_failed(m, rc, MQTTAsync_strerror(rc));
+        connect_failed(m, c, rc, MQTTAsync_strerror(rc));
         want_connect(m, c);
     }
 }
@@ -672,13 +782,22 @@ static void *supervise(void *arg)
          * worth trying at once. */
         if ((was_up && m->no_progress == 0) || clean)
             delay_s = RECONNECT_MIN_S;
-        if (reset)
-            delay_s = 0;
+        /* mqtt.protocol = auto: an MQTT 5 attempt that failed is followed at
+         * once by a 3.1.1 one. RabbitMQ drops an MQTT 5 CONNECT unanswered and
+         * NATS refuses it, so the reason alone cannot tell "no MQTT 5" from
+         * "down"; the 3.1.1 attempt can. Until one works, both are tried. */
+        bool try_311 = c && c->v5 && !was_up && !reset && may_fall_back(m);
+        bool v5 = m->cfg->mqtt.protocol == CONFIG_MQTT_5 ||
+                  (may_fall_back(m) && !try_311 && !(reset && !c->v5));
+        /* With a list, a connection that worked and was lost is replaced at
+         * once: its node is probably gone and paho goes on to the next. */
+        bool failover = was_up && m->no_progress == 0 && m->nuris > 1;
+        int wait_s = reset || try_311 || failover ? 0 : delay_s;
 
         pthread_mutex_lock(&m->lock);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += delay_s;
+        until.tv_sec += wait_s;
         while (!m->stopping && pthread_cond_timedwait(&m->cond, &m->lock, &until) == 0)
             ;
         if (m->stopping)
@@ -687,8 +806,9 @@ static void *supervise(void *arg)
         m->need_connect = false;
         pthread_mutex_unlock(&m->lock);
 
-        reconnect(m, clean);
-        delay_s = delay_s * 2 > RECONNECT_MAX_S ? RECONNECT_MAX_S : delay_s * 2;
+        reconnect(m, clean, v5, try_311);
+        if (wait_s > 0)
+            delay_s = delay_s * 2 > RECONNECT_MAX_S ? RECONNECT_MAX_S : delay_s * 2;
         pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);
@@ -718,16 +838,18 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
     }
     m->cfg = cfg;
     m->cb = *cb;
-    m->v5 = cfg->mqtt.protocol == CONFIG_MQTT_5;
+    bool v5 = cfg->mqtt.protocol != CONFIG_MQTT_311; /* auto starts with 5 */
+    atomic_store(&m->v5_now, v5);
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->client_lock, NULL);
     pthread_mutex_init(&m->ctx_lock, NULL);
     pthread_cond_init(&m->cond, NULL);
     snprintf(m->state_topic, sizeof m->state_topic, "%s/bridge/state", cfg->mqtt.base_topic);
 
-    bool tls = false;
-    if (build_uri(m->uri, sizeof m->uri, cfg->mqtt.url, &tls) != 0) {
-        snprintf(err, errlen, "mqtt.url: not an mqtt:// or mqtts:// URL: '%s'", cfg->mqtt.url);
+    if (parse_uris(m, cfg->mqtt.url) != 0) {
+        snprintf(err, errlen,
+                 "mqtt.url: not an mqtt:// or mqtts:// URL, or a list of at most %d: '%s'",
+                 MQTT_URIS, cfg->mqtt.url);
         goto fail;
     }
     /* The first client now: a URL paho cannot use fails the start, and
@@ -735,43 +857,35 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
      * a client from here on (reconnect() creates the next before it destroys
      * the last): destroying the last one ends paho's heap under our
      * connect properties. */
-    m->cur = conn_new(m, false);
+    m->cur = conn_new(m, false, v5);
     if (!m->cur) {
-        snprintf(err, errlen, "mqtt: cannot create a client for %s", m->uri);
+        snprintf(err, errlen, "mqtt: cannot create a client for %s", m->uris[0]);
         goto fail;
     }
 
-    if (m->v5) {
-        MQTTAsync_connectOptions init5 = MQTTAsync_connectOptions_initializer5;
-        m->conn_opts = init5;
-        /* A persistent session: the broker keeps our subscriptions and queued
-         * QoS 1 messages across reconnects for session_expiry_s. */
-        MQTTProperties props = MQTTProperties_initializer;
-        m->connect_props = props;
-        MQTTProperty expiry = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
-        /* 0 would make paho clean its in-flight list at every loss, which
-         * frees the copy of a publish that failed on a broken socket twice
-         * (see the top); one second is what the broker keeps instead. */
-        expiry.value.integer4 =
-            cfg->mqtt.session_expiry_s > 0 ? (unsigned int)cfg->mqtt.session_expiry_s : 1;
-        MQTTProperties_add(&m->connect_props, &expiry);
-        m->conn_opts.connectProperties = &m->connect_props;
-        m->conn_opts.onSuccess5 = on_connect_success5;
-        m->conn_opts.onFailure5 = on_connect_failure5;
-    } else {
-        MQTTAsync_connectOptions init = MQTTAsync_connectOptions_initializer;
-        m->conn_opts = init;
-        /* The initializer's default tries 3.1 after a failed 3.1.1 connect. */
-        m->conn_opts.MQTTVersion = MQTTVERSION_3_1_1;
-        m->conn_opts.onSuccess = on_connect_success;
-        m->conn_opts.onFailure = on_connect_failure;
-    }
-    m->conn_opts.keepAliveInterval = cfg->mqtt.keepalive_s;
-    m->conn_opts.connectTimeout = CONNECT_TIMEOUT_S;
-    m->conn_opts.maxInflight = cfg->mqtt.max_inflight + 64; /* + retained state bursts */
-    m->conn_opts.automaticReconnect = 0; /* the supervisor reconnects, with a fresh client */
-    m->conn_opts.username = cfg->mqtt.username;
-    m->conn_opts.password = cfg->mqtt.password;
+    MQTTAsync_connectOptions init5 = MQTTAsync_connectOptions_initializer5;
+    m->opts5 = init5;
+    /* A persistent session: the broker keeps our subscriptions and queued
+     * QoS 1 messages across reconnects for session_expiry_s. */
+    MQTTProperties props = MQTTProperties_initializer;
+    m->connect_props = props;
+    MQTTProperty expiry = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
+    /* 0 would make paho clean its in-flight list at every loss, which
+     * frees the copy of a publish that failed on a broken socket twice
+     * (see the top); one second is what the broker keeps instead. */
+    expiry.value.integer4 =
+        cfg->mqtt.session_expiry_s > 0 ? (unsigned int)cfg->mqtt.session_expiry_s : 1;
+    MQTTProperties_add(&m->connect_props, &expiry);
+    m->opts5.connectProperties = &m->connect_props;
+    m->opts5.onSuccess5 = on_connect_success5;
+    m->opts5.onFailure5 = on_connect_failure5;
+
+    MQTTAsync_connectOptions init = MQTTAsync_connectOptions_initializer;
+    m->opts3 = init;
+    /* The initializer's default tries 3.1 after a failed 3.1.1 connect. */
+    m->opts3.MQTTVersion = MQTTVERSION_3_1_1;
+    m->opts3.onSuccess = on_connect_success;
+    m->opts3.onFailure = on_connect_failure;
 
     MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
     m->will = will;
@@ -779,9 +893,25 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
     m->will.message = "offline";
     m->will.retained = 1;
     m->will.qos = 1;
-    m->conn_opts.will = &m->will;
 
-    if (tls) {
+    MQTTAsync_connectOptions *both[] = {&m->opts5, &m->opts3};
+    for (size_t i = 0; i < 2; i++) {
+        MQTTAsync_connectOptions *o = both[i];
+        o->keepAliveInterval = cfg->mqtt.keepalive_s;
+        o->connectTimeout = CONNECT_TIMEOUT_S;
+        o->maxInflight = cfg->mqtt.max_inflight + 64; /* + retained state bursts */
+        o->automaticReconnect = 0; /* the supervisor reconnects, with a fresh client */
+        o->username = cfg->mqtt.username;
+        o->password = cfg->mqtt.password;
+        o->will = &m->will;
+        /* In order on every connect; paho says which one took it. */
+        if (m->nuris > 1) {
+            o->serverURIs = m->uri_ptrs;
+            o->serverURIcount = m->nuris;
+        }
+    }
+
+    if (m->tls) {
         MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
         m->ssl = ssl;
         m->ssl.trustStore = cfg->mqtt.ca_file;
@@ -791,8 +921,8 @@ int mqtt_new(struct mqtt **out, const struct config *cfg, const struct mqtt_call
         m->ssl.verify = cfg->mqtt.tls_verify; /* host name check too */
         m->ssl.ssl_error_cb = on_ssl_error;
         m->ssl.ssl_error_context = m;
-        m->conn_opts.ssl = &m->ssl;
-        m->tls = true;
+        m->opts5.ssl = &m->ssl;
+        m->opts3.ssl = &m->ssl;
         if (!cfg->mqtt.tls_verify)
             log_warn("mqtt: mqtt.tls_verify = false: the broker's certificate is NOT checked; "
                      "anyone on the path can read and change the traffic");
@@ -812,13 +942,17 @@ int mqtt_start(struct mqtt *m, char *err, size_t errlen)
         return -1;
     }
     m->supervisor_running = true;
-    log_info("mqtt: connecting to %s as '%s' (MQTT %s)", m->uri, m->cfg->mqtt.client_id,
-             m->v5 ? "5" : "3.1.1");
+    int p = m->cfg->mqtt.protocol;
+    log_info("mqtt: connecting to %s%s as '%s' (MQTT %s)", m->uri_text,
+             m->nuris > 1 ? ", tried in this order" : "", m->cfg->mqtt.client_id,
+             p == CONFIG_MQTT_5     ? "5"
+             : p == CONFIG_MQTT_311 ? "3.1.1"
+                                    : "5, else 3.1.1");
     pthread_mutex_lock(&m->client_lock);
     int rc = start_connect(m, m->cur);
     pthread_mutex_unlock(&m->client_lock);
     if (rc != MQTTASYNC_SUCCESS) {
-        connect_failed(m, rc, MQTTAsync_strerror(rc));
+        connect_failed(m, m->cur, rc, MQTTAsync_strerror(rc));
         want_connect(m, m->cur);
     }
     return 0;
@@ -835,7 +969,7 @@ static int send_on_current(struct mqtt *m, const char *topic, MQTTAsync_message 
     if (!pc)
         return -1;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    set_response(m, &ro, pc);
+    set_response(&ro, pc);
     int rc = MQTTAsync_sendMessage(c->client, topic, msg, &ro);
     if (rc != MQTTASYNC_SUCCESS) {
         log_debug("mqtt: publish to %s refused: %s", topic, MQTTAsync_strerror(rc));
@@ -875,13 +1009,13 @@ int mqtt_publish_reply(struct mqtt *m, const char *topic, const void *payload, s
     msg.payload = (void *)(uintptr_t)payload;
     msg.payloadlen = (int)len;
     msg.qos = 1;
-    if (correlation && m->v5) {
+    pthread_mutex_lock(&m->client_lock);
+    if (correlation && m->cur && m->cur->v5) {
         MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA};
         p.value.data.data = (char *)(uintptr_t)correlation;
         p.value.data.len = (int)correlation_len;
         MQTTProperties_add(&msg.properties, &p); /* copies the data */
     }
-    pthread_mutex_lock(&m->client_lock);
     int rc = send_on_current(m, topic, &msg, 0, NULL);
     pthread_mutex_unlock(&m->client_lock);
     MQTTProperties_free(&msg.properties);
@@ -893,9 +1027,9 @@ int mqtt_subscribe(struct mqtt *m, const char *filter, int qos)
     if (!atomic_load(&m->connected))
         return -1;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    if (m->v5)
-        ro.subscribeOptions.retainAsPublished = 1;
     pthread_mutex_lock(&m->client_lock);
+    if (m->cur && m->cur->v5)
+        ro.subscribeOptions.retainAsPublished = 1;
     int rc = m->cur ? MQTTAsync_subscribe(m->cur->client, filter, qos, &ro) : MQTTASYNC_FAILURE;
     pthread_mutex_unlock(&m->client_lock);
     if (rc != MQTTASYNC_SUCCESS) {
@@ -906,9 +1040,45 @@ int mqtt_subscribe(struct mqtt *m, const char *filter, int qos)
     return 0;
 }
 
+int mqtt_unsubscribe(struct mqtt *m, const char *filter)
+{
+    if (!atomic_load(&m->connected))
+        return -1;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    pthread_mutex_lock(&m->client_lock);
+    int rc = m->cur ? MQTTAsync_unsubscribe(m->cur->client, filter, &ro) : MQTTASYNC_FAILURE;
+    pthread_mutex_unlock(&m->client_lock);
+    if (rc != MQTTASYNC_SUCCESS) {
+        log_warn("mqtt: cannot unsubscribe from %s: %s", filter, MQTTAsync_strerror(rc));
+        return -1;
+    }
+    log_debug("mqtt: unsubscribed from %s", filter);
+    return 0;
+}
+
 bool mqtt_is_connected(struct mqtt *m)
 {
     return atomic_load(&m->connected);
+}
+
+const char *mqtt_server(struct mqtt *m)
+{
+    return atomic_load(&m->connected) ? server_uri(m) : NULL;
+}
+
+int mqtt_server_index(struct mqtt *m)
+{
+    return atomic_load(&m->connected) ? atomic_load(&m->server) : 0;
+}
+
+const char *mqtt_protocol(struct mqtt *m)
+{
+    return atomic_load(&m->v5_now) ? "5" : "3.1.1";
+}
+
+int mqtt_shared_available(struct mqtt *m)
+{
+    return atomic_load(&m->shared_available);
 }
 
 uint64_t mqtt_reconnects(struct mqtt *m)
@@ -966,7 +1136,7 @@ void mqtt_stop(struct mqtt *m, int timeout_ms)
     }
     if (c && !atomic_load(&c->poisoned)) {
         MQTTAsync_disconnectOptions dopts = MQTTAsync_disconnectOptions_initializer;
-        if (m->v5) {
+        if (c->v5) {
             MQTTAsync_disconnectOptions d5 = MQTTAsync_disconnectOptions_initializer5;
             dopts = d5;
         }

@@ -194,6 +194,11 @@ static void nap(struct rrpoll *p, uint64_t ms)
 
 static struct device *device_get(struct rrpoll *p, const struct rr_device *rd)
 {
+    /* The request names raceresult.devices; a replica that partitions the
+     * decoders must not touch another's even if the API lists more. */
+    const char *only = p->cfg->raceresult.devices;
+    if (only && !config_list_has(only, rd->id))
+        return NULL;
     for (size_t i = 0; i < p->ndevs; i++) {
         if (strcmp(p->devs[i].id, rd->id) == 0)
             return &p->devs[i];

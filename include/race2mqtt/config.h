@@ -24,7 +24,8 @@ enum config_rr_start {
 };
 
 /* MQTT protocol levels as paho numbers them. */
-enum config_mqtt_protocol { CONFIG_MQTT_311 = 4, CONFIG_MQTT_5 = 5 };
+/* auto: MQTT 5, or 3.1.1 when the broker refuses 5 (mqtt.c). */
+enum config_mqtt_protocol { CONFIG_MQTT_AUTO = 1, CONFIG_MQTT_311 = 4, CONFIG_MQTT_5 = 5 };
 
 /*
  * All strings are heap copies owned by the struct (freed by config_free()).
@@ -125,6 +126,9 @@ void config_free(struct config *cfg);
 
 /* Prints the effective configuration as INI text, secrets masked as "***". */
 void config_print(const struct config *cfg, FILE *out);
+
+/* Whether a KEY_LIST value ("a,b,c" or NULL) holds item, exactly. */
+bool config_list_has(const char *list, const char *item);
 
 /* The effective configuration as JSON, secrets masked; caller puts it. */
 struct json_object *config_to_json(const struct config *cfg);

@@ -48,7 +48,10 @@ struct metrics_gauges {
     uint64_t journal_bytes;
     uint64_t journal_max_bytes;
     uint64_t last_seq;
-    int http_streams; /* live page streams open (GET /events) */
+    int http_streams;            /* live page streams open (GET /events) */
+    int broker_server;           /* 1 + place in mqtt.url of the connection, 0 while down */
+    const char *broker_url;      /* that URL, NULL while down */
+    const char *broker_protocol; /* "5" or "3.1.1" */
 };
 
 /* Renders everything as Prometheus text; caller frees. NULL on no memory. */

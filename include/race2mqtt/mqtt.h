@@ -77,7 +77,27 @@ int mqtt_publish_reply(struct mqtt *m, const char *topic, const void *payload, s
  */
 int mqtt_subscribe(struct mqtt *m, const char *filter, int qos);
 
+/* Removes a subscription (e.g. one an earlier run left in the session). */
+int mqtt_unsubscribe(struct mqtt *m, const char *filter);
+
 bool mqtt_is_connected(struct mqtt *m);
+
+/*
+ * The broker of the current connection, as paho was given it
+ * ("tcp://host:1883"), and its place in mqtt.url (1 = the first); NULL and 0
+ * while disconnected.
+ */
+const char *mqtt_server(struct mqtt *m);
+int mqtt_server_index(struct mqtt *m);
+
+/* "5" or "3.1.1": the protocol of the current connection, or of the next. */
+const char *mqtt_protocol(struct mqtt *m);
+
+/*
+ * What the broker said in its CONNACK about shared subscriptions: 1 available,
+ * 0 not, -1 not said (MQTT 3.1.1). A claim, not proof: see cmdworker.c.
+ */
+int mqtt_shared_available(struct mqtt *m);
 
 /* When the current connection was made (Unix ms), 0 while disconnected. */
 uint64_t mqtt_connected_since_ms(struct mqtt *m);

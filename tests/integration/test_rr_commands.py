@@ -63,10 +63,12 @@ class RaceResultCommandTests(harness.IntegrationCase):
         return rr, broker, sub, gw, d
 
     def start_cmd_gateway(self, broker, gw):
-        """Starts gw and waits until its command subscription is acknowledged."""
+        """Starts gw and waits until its command subscription is acknowledged
+        (with a command group, after the subscription of its share probe)."""
         before = harness.broker_subacks(broker, gw.client_id)
         gw.start()
-        harness.wait_subacks(broker, gw.client_id, before + 1)
+        group = gw.sections.get("raceresult", {}).get("command_group")
+        harness.wait_subacks(broker, gw.client_id, before + (2 if group else 1))
         return gw
 
     def publisher(self, broker, protocol=mqtt.MQTTv5):

@@ -141,7 +141,7 @@ static void test_defaults(void **state)
     assert_null(c.mqtt.cert_file);
     assert_null(c.mqtt.key_file);
     assert_true(c.mqtt.tls_verify);
-    assert_int_equal(c.mqtt.protocol, CONFIG_MQTT_5);
+    assert_int_equal(c.mqtt.protocol, CONFIG_MQTT_AUTO);
     assert_string_equal(c.mqtt.base_topic, "race2mqtt");
     assert_int_equal(c.mqtt.keepalive_s, 30);
     assert_int_equal(c.mqtt.max_inflight, 256);
@@ -380,6 +380,37 @@ static void test_every_type_parses(void **state)
     drop_file(path);
 }
 
+/* A failover list is kept as written (mqtt.c splits it); each URL is checked. */
+static void test_mqtt_url_list(void **state)
+{
+    (void)state;
+    char err[512], *path;
+    struct config c;
+    if (load_text(&c,
+                  "[mqtt]\nurl = mqtt://n1:1883, mqtt://n2:1884 ,mqtts://n3\n"
+                  "protocol = auto\n",
+                  err, sizeof err, &path) != 0)
+        fail_msg("%s", err);
+    assert_string_equal(c.mqtt.url, "mqtt://n1:1883, mqtt://n2:1884 ,mqtts://n3");
+    assert_int_equal(c.mqtt.protocol, CONFIG_MQTT_AUTO);
+    config_free(&c);
+    unlink(path);
+    free(path);
+}
+
+static void test_list_has(void **state)
+{
+    (void)state;
+    assert_true(config_list_has("D-1,D-2,T-10", "D-1"));
+    assert_true(config_list_has("D-1,D-2,T-10", "D-2"));
+    assert_true(config_list_has("D-1,D-2,T-10", "T-10"));
+    assert_false(config_list_has("D-1,D-2,T-10", "T-1"));
+    assert_false(config_list_has("D-1,D-2,T-10", "D-"));
+    assert_false(config_list_has("D-1,D-2,T-10", "D-1,D-2"));
+    assert_false(config_list_has("D-1", "d-1"));
+    assert_false(config_list_has(NULL, "D-1"));
+}
+
 static void test_bool_spellings(void **state)
 {
     (void)state;
@@ -497,7 +528,7 @@ static void test_bad_values(void **state)
         {"[http]\nport =\n", "2: http.port:", "not an integer: ''"},
         {"[http]\nport = 99999999999999999999\n", "2: http.port:", "out of range"},
         {"[mqtt]\ntls_verify = maybe\n", "2: mqtt.tls_verify:", "not a boolean"},
-        {"[mqtt]\nprotocol = 4\n", "2: mqtt.protocol:", "must be one of: 5, 3.1.1"},
+        {"[mqtt]\nprotocol = 4\n", "2: mqtt.protocol:", "must be one of: auto, 5, 3.1.1"},
         {"[raceresult]\nenabled = sometimes\n", "2: raceresult.enabled:", "must be auto or"},
         {"[http]\nmax_body = 17M\n", "2: http.max_body:", "out of range"},
         {"[http]\nmax_body = 0\n", "2: http.max_body:", "out of range"},
@@ -507,6 +538,15 @@ static void test_bad_values(void **state)
         {"[mqtt]\nurl = http://broker:1883\n", "2: mqtt.url:", "mqtt:// or mqtts://"},
         {"[mqtt]\nurl = tcp://broker:1883\n", "2: mqtt.url:", "mqtt:// or mqtts://"},
         {"[mqtt]\nurl = mqtt://\n", "2: mqtt.url:", "no host"},
+        {"[mqtt]\nurl = mqtt://a:1883,\n", "2: mqtt.url:", "empty entry"},
+        {"[mqtt]\nurl = mqtt://a:1883, ,mqtt://b\n", "2: mqtt.url:", "empty entry"},
+        {"[mqtt]\nurl = mqtt://a:1883,http://b:1883\n", "2: mqtt.url:", "each URL of a list"},
+        {"[mqtt]\nurl = mqtt://a:1883,mqtt://:1884\n", "2: mqtt.url:", "no host"},
+        {"[mqtt]\nurl = mqtt://a b:1883\n", "2: mqtt.url:", "space inside"},
+        {"[mqtt]\nurl = mqtt://a,mqtt://u:pw@b:1883\n", "2: mqtt.url:", "user:password@"},
+        {"[mqtt]\nurl = mqtt://a,mqtt://b,mqtt://c,mqtt://d,mqtt://e,mqtt://f,mqtt://g,"
+         "mqtt://h,mqtt://i\n",
+         "2: mqtt.url:", "more than 8"},
         {"[mqtt]\nclient_id =\n", "2: mqtt.client_id:", "must not be empty"},
         {"[mqtt]\nbase_topic = a/+/b\n", "2: mqtt.base_topic:", "wildcards"},
         {"[mqtt]\nbase_topic = a/\n", "2: mqtt.base_topic:", "start or end"},
@@ -756,7 +796,7 @@ static void test_print_and_json_mask_secrets(void **state)
     assert_contains(json, "\"api_key\":\"***\"");
     assert_contains(json, "\"username\":\"alice\"");
     assert_contains(json, "\"port\":8080");
-    assert_contains(json, "\"protocol\":\"5\"");
+    assert_contains(json, "\"protocol\":\"auto\"");
     assert_contains(json, "\"tls_verify\":true");
     assert_contains(json, "\"max_bytes\":134217728");
     assert_lacks(json, "SECRET");
@@ -888,6 +928,8 @@ int main(void)
         T(test_node_id_derived_and_checked),
         T(test_example_documents_every_key),
         T(test_every_type_parses),
+        T(test_mqtt_url_list),
+        T(test_list_has),
         T(test_bool_spellings),
         T(test_unknown_key_names_file_line_key),
         T(test_unknown_section_names_file_line_key),
