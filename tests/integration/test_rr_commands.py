@@ -488,8 +488,13 @@ class RaceResultCommandTests(harness.IntegrationCase):
             rr, KEY, CID, command_group="r2m-cmd", **QUIET)))
         self.assertNotEqual(gw1.client_id, gw2.client_id)
         self.start_cmd_gateway(broker, gw2)
-        self.assertTrue(harness.log_lines(gw1.log_path, r"commands on \$share/r2m-cmd/"
-                                          r"raceresult/\+/cmd"))
+        for g in (gw1, gw2):
+            self.assertTrue(harness.log_lines(g.log_path, r"commands on \$share/r2m-cmd/"
+                                              r"raceresult/\+/cmd"))
+            # mosquitto delivers $share: the probe came back, no fallback.
+            self.assertTrue(harness.log_lines(g.log_path, r"the broker delivers shared "
+                                              r"subscriptions \(probe back in \d+ ms\)"))
+            self.assertEqual(harness.log_lines(g.log_path, r"does not deliver shared"), [])
         pub = self.publisher(broker)
         n, window = 100, 24  # stay well below each replica's queue of 32
         cmds = ["GETINFO n=%d" % i for i in range(n)]
@@ -523,6 +528,58 @@ class RaceResultCommandTests(harness.IntegrationCase):
         print("shared group: commands=%d per gateway=%r seconds=%.2f" % (n, per_gw, secs))
         self.assertEqual(sum(per_gw), n)
         self.assertTrue(all(k > 0 for k in per_gw), "one replica did all the work: %r" % per_gw)
+
+    def test_partitioned_replicas_run_only_their_own_devices(self):
+        """Disjoint raceresult.devices: no broker feature needed, each command
+        runs once, on the replica that owns the device."""
+        rr, broker, sub, gw1, d = self.setup_rr(start_gateway=False, devices="D-1")
+        self.start_cmd_gateway(broker, gw1)
+        gw2 = self.track(harness.Gateway(d, broker.port, extra=harness.rr_extra(
+            rr, KEY, CID, devices="D-2", **QUIET)))
+        self.start_cmd_gateway(broker, gw2)
+        for g, dev in ((gw1, "D-1"), (gw2, "D-2")):
+            self.assertTrue(harness.log_lines(g.log_path, r"decoder commands on raceresult/%s/cmd$"
+                                              % dev), g.log())
+        pub = self.publisher(broker)
+        n = 20
+        for i in range(n):
+            for dev in ("D-1", "D-2"):
+                pub.publish(cmd_topic(dev), json.dumps({"command": "GETINFO %s %d" % (dev, i),
+                                                        "transaction": i}))
+        self.assertTrue(sub.wait_for(lambda msgs: len(msgs) >= 2 * n, 20),
+                        "%d answers" % len(sub.snapshot()))
+        time.sleep(0.5)  # let any duplicate arrive
+        counts = {}
+        for c in rr.commands():
+            counts[(c["device"], c["command"])] = counts.get((c["device"], c["command"]), 0) + 1
+        want = {(dev, "GETINFO %s %d" % (dev, i)) for i in range(n) for dev in ("D-1", "D-2")}
+        self.assertEqual(set(counts), want)
+        self.assertEqual([k for k, v in counts.items() if v != 1], [], "run more than once")
+        for g, own, other in ((gw1, "D-1", "D-2"), (gw2, "D-2", "D-1")):
+            self.assertEqual(len(harness.log_lines(g.log_path, r"command GETINFO %s \d+ for %s: ok"
+                                                   % (own, own))), n)
+            self.assertEqual(harness.log_lines(g.log_path, r"command .* for %s:" % other), [])
+        print("partitioned: commands=%d per replica=%d duplicates=0" % (2 * n, n))
+
+    def test_device_list_drops_an_old_wildcard_subscription(self):
+        """A replica that ran without raceresult.devices left raceresult/+/cmd
+        in its broker session; restarted with a list it takes no command for
+        another device, neither from that subscription nor queued in it."""
+        rr, broker, sub, gw, d = self.setup_rr()
+        pub = self.publisher(broker)
+        pub.publish(cmd_topic("D-2"), "GETINFO before")
+        self.wait_answers(sub, 1, "D-2")
+        self.assertEqual(gw.stop(), 0)
+        pub.publish(cmd_topic("D-2"), "GETINFO queued")  # queued in the session
+        pub.wait_all()
+        gw.sections["raceresult"]["devices"] = "D-1"
+        self.start_cmd_gateway(broker, gw)
+        pub.publish(cmd_topic("D-2"), "GETINFO after")
+        pub.publish(cmd_topic("D-1"), "GETINFO mine")
+        self.wait_answers(sub, 1, "D-1")
+        time.sleep(0.5)
+        self.assertEqual(self.executed(rr), [("D-2", "GETINFO before"), ("D-1", "GETINFO mine")])
+        self.assertTrue(harness.log_lines(gw.log_path, r"unsubscribed from raceresult/\+/cmd"))
 
     def test_gateway_on_mqtt311(self):
         rr, broker, sub, gw, _ = self.setup_rr(protocol="3.1.1", start_gateway=False)
