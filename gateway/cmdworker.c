@@ -31,6 +31,7 @@
  */
 #include "race2mqtt/cmdworker.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -45,6 +46,7 @@
 #include "race2mqtt/log.h"
 #include "race2mqtt/mqtt.h"
 #include "race2mqtt/rest.h"
+#include "race2mqtt/topic.h"
 
 #define RING (2 * CMDWORKER_QUEUE)
 #define DEVICE_MAX 256
@@ -125,6 +127,24 @@ static bool device_of(const struct cmdworker *w, const char *topic, char *device
     return true;
 }
 
+/* Whether the device of a cmd topic level is one of raceresult.devices (all
+ * without a list); the level is the id as topic_level() writes it. */
+static bool owns_device(const struct cmdworker *w, const char *level)
+{
+    const char *devices = w->cfg->raceresult.devices;
+    if (!devices)
+        return true;
+    for (const char *s = devices; *s;) {
+        size_t len = strcspn(s, ",");
+        char mine[TOPIC_LEVEL_MAX + 1];
+        topic_level(mine, s, len);
+        if (strcmp(mine, level) == 0)
+            return true;
+        s += len + (s[len] == ',');
+    }
+    return false;
+}
+
 /* Our share probe came back: the payload says whether it is the current one. */
 static void probe_arrived(struct cmdworker *w, const struct mqtt_message *msg)
 {
@@ -149,8 +169,7 @@ void cmdworker_message(struct cmdworker *w, const struct mqtt_message *msg)
     }
     if (!device_of(w, msg->topic, r.device, sizeof r.device))
         return;
-    const char *devices = w->cfg->raceresult.devices;
-    if (devices && !config_list_has(devices, r.device)) {
+    if (!owns_device(w, r.device)) {
         log_debug("raceresult: command for %s ignored: not in raceresult.devices", r.device);
         return;
     }
@@ -299,11 +318,14 @@ answer:
 static void filter_for(const struct cmdworker *w, const char *device, bool shared, char *out)
 {
     const struct config *cfg = w->cfg;
+    char level[TOPIC_LEVEL_MAX + 1] = "+";
+    if (strcmp(device, "+") != 0)
+        topic_level(level, device, strlen(device)); /* as the poller names its topics */
     if (shared)
         snprintf(out, FILTER_MAX, "$share/%s/%s/%s/cmd", cfg->raceresult.command_group,
-                 cfg->raceresult.base_topic, device);
+                 cfg->raceresult.base_topic, level);
     else
-        snprintf(out, FILTER_MAX, "%s/%s/cmd", cfg->raceresult.base_topic, device);
+        snprintf(out, FILTER_MAX, "%s/%s/cmd", cfg->raceresult.base_topic, level);
 }
 
 /* Logs why $share is not used and partitions from now on; returns 0. */
@@ -490,11 +512,11 @@ struct cmdworker *cmdworker_new(const struct config *cfg, struct rest_auth *auth
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     /* One probe topic per client id, so that only we are in its group; the
-     * id may hold characters a topic level cannot. */
+     * id may hold characters a topic level cannot, or '.', which NATS refuses. */
     int n = snprintf(w->probe_topic, sizeof w->probe_topic, "%s/bridge/share_probe/",
                      cfg->mqtt.base_topic);
     for (const char *c = cfg->mqtt.client_id; c && *c && n + 1 < (int)sizeof w->probe_topic; c++)
-        w->probe_topic[n++] = strchr("+#/", *c) || (unsigned char)*c < 0x20 ? '_' : *c;
+        w->probe_topic[n++] = isalnum((unsigned char)*c) || *c == '-' ? *c : '_';
     w->probe_topic[n] = '\0';
     snprintf(w->probe_filter, sizeof w->probe_filter, "$share/%s/%s",
              cfg->raceresult.command_group ? cfg->raceresult.command_group : "-", w->probe_topic);

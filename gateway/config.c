@@ -192,6 +192,10 @@ static const struct key keys[] = {
     {.section = "mqtt", .name = "session_expiry_s", .type = KEY_INT, AT(mqtt.session_expiry_s),
      .def = "86400", .min = 0, .max = INT32_MAX,
      .help = "MQTT 5 session expiry: how long the broker keeps subscriptions while we are away"},
+    {.section = "mqtt", .name = "topic_dots", .type = KEY_BOOL, AT(mqtt.topic_dots),
+     .def = "true",
+     .help = "keep '.' in topic levels made from ids (event types, device ids); false turns "
+             "it into '_', for brokers that refuse '.' in topics (NATS)"},
 
     {.section = "http", .name = "bind", .type = KEY_STRING, AT(http.bind), .def = "0.0.0.0",
      .flags = KEY_REQUIRED, .help = "address the SmartRace webhook server listens on"},

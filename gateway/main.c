@@ -53,6 +53,7 @@
 #include "race2mqtt/recording.h"
 #include "race2mqtt/rest.h"
 #include "race2mqtt/rrpoll.h"
+#include "race2mqtt/topic.h"
 
 #define DEFAULT_CONFIG "config/race2mqtt.conf"
 #define EXIT_CONFIG 2
@@ -624,6 +625,7 @@ int main(int argc, char **argv)
         config_free(&g.cfg);
         return 0;
     }
+    topic_keep_dots(g.cfg.mqtt.topic_dots); /* before any topic is made */
     enum log_level level = LOG_LEVEL_INFO;
     log_level_parse(g.cfg.log.level, &level);
     log_set_level(verbose ? LOG_LEVEL_DEBUG : level);

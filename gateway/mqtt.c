@@ -674,9 +674,12 @@ static bool account(struct mqtt *m, struct conn *c)
         metrics_inc(METRIC_MQTT_STALLS);
         log_error("mqtt: no progress: the broker closed %u connections in a row before "
                   "acknowledging any of our publishes; the oldest was to %s (tag %llu%s). "
-                  "Connecting with a clean session; nothing is skipped, it is sent again",
+                  "Connecting with a clean session; nothing is skipped, it is sent again%s",
                   m->no_progress, topic, (unsigned long long)tag,
-                  tag == m->stuck_tag ? ", the same each time" : "");
+                  tag == m->stuck_tag ? ", the same each time" : "",
+                  strchr(topic, '.') ? ". NATS refuses '.' in topics: with NATS set "
+                                       "mqtt.topic_dots = false"
+                                     : "");
     } else {
         log_debug("mqtt: still no progress after %u connections (%s)", m->no_progress, topic);
     }

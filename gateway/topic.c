@@ -11,10 +11,18 @@
  */
 #include "race2mqtt/topic.h"
 
+/* Set once at start (topic_keep_dots()), read only afterwards. */
+static bool keep_dots = true;
+
+void topic_keep_dots(bool keep)
+{
+    keep_dots = keep;
+}
+
 static int topic_byte_ok(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c == '.' && keep_dots) || c == '_' || c == '-';
 }
 
 void topic_level(char out[TOPIC_LEVEL_MAX + 1], const char *in, size_t len)

@@ -47,6 +47,7 @@ struct config {
         int keepalive_s;  /* default 30 */
         int max_inflight; /* QoS 1 publishes awaiting PUBACK, default 256 */
         int session_expiry_s; /* MQTT 5 session expiry, default 86400 */
+        bool topic_dots;      /* keep '.' in topic levels made from ids (default true) */
     } mqtt;
     struct {
         char *bind;          /* default 0.0.0.0 */

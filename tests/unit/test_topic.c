@@ -154,6 +154,23 @@ static void test_every_byte_value(void **state)
     }
 }
 
+/* mqtt.topic_dots = false: '.' goes too (NATS refuses it), nothing else changes. */
+static void test_dots_replaced_when_asked(void **state)
+{
+    (void)state;
+    char out[TOPIC_LEVEL_MAX + 1];
+    topic_keep_dots(false);
+    level_of(out, "ui.lap_update");
+    assert_string_equal(out, "ui_lap_update");
+    level_of(out, "Dev-42_a.B+#/");
+    assert_string_equal(out, "Dev-42_a_B___");
+    level_of(out, ".");
+    assert_string_equal(out, "_");
+    topic_keep_dots(true);
+    level_of(out, "ui.lap_update");
+    assert_string_equal(out, "ui.lap_update");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -165,6 +182,7 @@ int main(void)
         cmocka_unit_test(test_cap_at_64_bytes),
         cmocka_unit_test(test_long_hostile_input),
         cmocka_unit_test(test_every_byte_value),
+        cmocka_unit_test(test_dots_replaced_when_asked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
