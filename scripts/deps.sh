@@ -10,6 +10,7 @@ PACKAGES=(
   mosquitto mosquitto-clients
   python3 python3-paho-mqtt python3-jinja2 curl ca-certificates openssl util-linux
   chromium python3-websocket
+  nats-server
 )
 
 missing=()
