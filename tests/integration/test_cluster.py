@@ -162,6 +162,22 @@ class GatewayOnClusterTests(ClusterCase):
         print("cluster: fallback to 3.1.1 logged once; 5 of 5 commands answered with their "
               "transaction on node 3; %d retained topics on node 2" % len(held))
 
+    def test_strict_mqtt5_never_falls_back(self):
+        rr = self.fake_rr({"devices": []})
+        gw = self.gateway(rr)
+        gw.sections["mqtt"]["protocol"] = "5"
+        gw.start(wait=False)
+        gw.wait_healthy(20)
+        refused = harness.wait_until(lambda: harness.log_lines(
+            gw.log_path, r"mqtt: cannot connect to .*\(broker refused: unacceptable protocol "
+            r"version\); retrying"), 30)
+        self.assertTrue(refused, gw.log())
+        time.sleep(2)  # a reconnect or two more
+        self.assertEqual(gw.request("GET", "/readyz").status, 503)
+        self.assertEqual(harness.log_lines(gw.log_path, r"took 3\.1\.1|mqtt: connected"), [])
+        self.assertEqual(len(harness.log_lines(gw.log_path, r"cannot connect")), 1,
+                         "the refusal is said once, not per retry")
+
     def test_share_check_fails_loudly_and_partitions_replicas(self):
         n = 20
         world = {"devices": [{"id": d, "type": "Decoder", "name": d, "files": {"1": n}}
