@@ -27,6 +27,9 @@ the gateway and the broker to break the connection on purpose (stdlib only).
                             # so refusing ends for good at the first CONNECT
                             # that asks for a clean session. refuse(None)
                             # ends it too.
+    proxy.drop_mqtt5(True)  # RabbitMQ 3.10: an MQTT 5 CONNECT is not forwarded
+                            # and the connection is closed without a CONNACK;
+                            # 3.1.1 passes. drop_mqtt5(False) ends it.
     proxy.counters()        # bytes_up/bytes_down forwarded (written to the
                             # other side), read_up/read_down read (some may be
                             # held), connections forwarded, refused (blocked),
@@ -101,15 +104,19 @@ def _packet_length(buf):
     return total if len(buf) >= total else None
 
 
-def _connect_clean_start(packet):
-    """The Clean Start / Clean Session flag of a CONNECT packet."""
+def _connect_fields(packet):
+    """(protocol level, connect flags) of a CONNECT packet."""
     i = 1
     while packet[i] & 0x80:
         i += 1
     i += 1
     name_len = int.from_bytes(packet[i:i + 2], "big")
-    flags = packet[i + 2 + name_len + 1]
-    return bool(flags & 0x02)
+    return packet[i + 2 + name_len], packet[i + 2 + name_len + 1]
+
+
+def _connect_clean_start(packet):
+    """The Clean Start / Clean Session flag of a CONNECT packet."""
+    return bool(_connect_fields(packet)[1] & 0x02)
 
 
 def _reset_close(sock):
@@ -149,6 +156,7 @@ class FaultProxy:
         self._delay = 0.0       # seconds added to every chunk
         self._refuse = None     # (marker, unless_clean_start) or None
         self._refuse_lifted = False  # a clean CONNECT was seen (unless_clean_start)
+        self._drop_mqtt5 = False
         self._calls = collections.deque()
         self._calls_lock = threading.Lock()
         self._stopping = False
@@ -158,7 +166,7 @@ class FaultProxy:
         self._counts = {"bytes_up": 0, "bytes_down": 0, "read_up": 0, "read_down": 0,
                         "connections": 0, "refused": 0,
                         "upstream_failed": 0, "cuts": 0, "closed_by_peer": 0,
-                        "refused_publishes": 0}
+                        "refused_publishes": 0, "dropped_mqtt5": 0}
         self.events = []         # (monotonic time, text): what happened, for reports
 
     # -- control (any thread) ------------------------------------------------
@@ -203,6 +211,13 @@ class FaultProxy:
             self._refuse = None if marker is None else (bytes(marker), bool(unless_clean_start))
             self._refuse_lifted = False
             self._event("refuse %r unless_clean_start=%s" % (marker, unless_clean_start))
+        return self._call(apply)
+
+    def drop_mqtt5(self, on=True):
+        """Closes every connection whose CONNECT asks for MQTT 5, unanswered."""
+        def apply():
+            self._drop_mqtt5 = bool(on)
+            self._event("drop_mqtt5 %s" % on)
         return self._call(apply)
 
     def counters(self):
@@ -355,7 +370,7 @@ class FaultProxy:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._next_id += 1
             c = _Conn(self._next_id, client, upstream)
-            c.screened = self._refuse is not None
+            c.screened = self._refuse is not None or self._drop_mqtt5
             self._conns[c.id] = c
             self._count("connections")
             self._event("connection %d" % c.id)
@@ -473,23 +488,30 @@ class FaultProxy:
         if c.doom_at is not None:
             return b""
         c.upbuf += data
-        if self._refuse is None:
+        if self._refuse is None and not self._drop_mqtt5:
             out = bytes(c.upbuf)
             c.upbuf.clear()
             return out
         out = bytearray()
-        marker, unless_clean = self._refuse
+        marker, unless_clean = self._refuse or (None, False)
         while True:
             n = _packet_length(c.upbuf)
             if n is None:
                 return bytes(out)
             packet = bytes(c.upbuf[:n])
             kind = packet[0] >> 4
+            if kind == 1 and self._drop_mqtt5 and _connect_fields(packet)[0] == 5:
+                c.doom_at = now
+                c.upbuf.clear()
+                self._count("dropped_mqtt5")
+                self._event("connection %d: dropped an MQTT 5 CONNECT" % c.id)
+                return bytes(out)
             if kind == 1 and unless_clean and _connect_clean_start(packet):
                 if not self._refuse_lifted:
                     self._event("connection %d: clean session, refusing no more" % c.id)
                 self._refuse_lifted = True
-            elif kind == 3 and marker in packet and not self._refuse_lifted:
+            elif kind == 3 and marker is not None and marker in packet and \
+                    not self._refuse_lifted:
                 c.doom_at = now + 0.2
                 c.upbuf.clear()
                 self._count("refused_publishes")

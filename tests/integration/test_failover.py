@@ -12,6 +12,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
+import faultproxy
 import harness
 
 TOPIC = "smartrace/other/test.failover"
@@ -110,6 +111,39 @@ class FailoverTests(harness.IntegrationCase):
         held = harness.retained(b.port, [STATE])
         self.assertIn(STATE, held)
         self.assertEqual(held[STATE].payload, b"online")
+
+    def test_auto_falls_back_when_mqtt5_is_dropped_unanswered(self):
+        """RabbitMQ 3.10 closes an MQTT 5 CONNECT without a CONNACK (the proxy
+        does the same in front of mosquitto): auto goes on with 3.1.1, says so
+        once, and keeps it across reconnects; strict 5 never connects."""
+        d = self.tmpdir()
+        broker = self.start_broker(d)
+        proxy = self.track(faultproxy.FaultProxy(broker.port)).start()
+        proxy.drop_mqtt5(True)
+        sub = self.subscribe(broker.port, [TOPIC])
+        gw = self.track(harness.Gateway(d, proxy.port)).start()
+        self.assertEqual(len(harness.log_lines(gw.log_path, r"the broker refused MQTT 5 "
+                                               r"\(.*\) and took 3\.1\.1")), 1, gw.log())
+        self.assertEqual(broker_info(gw), ("tcp://127.0.0.1:%d" % proxy.port, "3.1.1"))
+        self.assertGreaterEqual(proxy.counters().get("dropped_mqtt5", 0), 1)
+        seq = gw.post({"event_type": "test.failover", "event_data": {"i": 0}}).json["seq"]
+        proxy.cut()  # a reconnect: straight to 3.1.1, no second fallback
+        self.assertTrue(harness.wait_until(lambda: harness.log_lines(
+            gw.log_path, r"connected to .* \(MQTT 3\.1\.1\) again"), 20), gw.log())
+        seq2 = gw.post({"event_type": "test.failover", "event_data": {"i": 1}}).json["seq"]
+        self.assertTrue(sub.wait_for(lambda msgs: {seq, seq2} <= set(seqs(sub)), 10))
+        self.assertEqual(len(harness.log_lines(gw.log_path, r"refused MQTT 5")), 1)
+        dropped = proxy.counters().get("dropped_mqtt5", 0)
+        self.assertEqual(dropped, 1, "MQTT 5 tried again after the fallback")
+
+        strict = self.track(harness.Gateway(d, proxy.port, protocol="5")).start(wait=False)
+        strict.wait_healthy(20)
+        self.assertTrue(harness.wait_until(lambda: harness.log_lines(
+            strict.log_path, r"mqtt: cannot connect to"), 20), strict.log())
+        time.sleep(1.5)
+        self.assertEqual(strict.request("GET", "/readyz").status, 503)
+        self.assertEqual(harness.log_lines(strict.log_path, r"took 3\.1\.1|mqtt: connected"),
+                         [])
 
 
 if __name__ == "__main__":
