@@ -1321,17 +1321,23 @@ class Publisher:
         self.stop()
 
 
-def broker_subacks(broker, client_id):
-    """How many SUBACKs the broker sent to client_id so far (from its log)."""
-    return len(log_lines(broker.log_path, r"Sending SUBACK to %s$" % re.escape(client_id)))
+def broker_subscriptions(broker, client_id, topic_filter):
+    """How many times the broker added topic_filter for client_id (from its
+    log: mosquitto logs "<client id> <qos> <filter>" as it adds one)."""
+    return len(log_lines(broker.log_path, r"^\S+: %s \d %s$" % (re.escape(client_id),
+                                                                 re.escape(topic_filter))))
 
 
-def wait_subacks(broker, client_id, count, timeout=15):
-    """Waits until the broker sent client_id at least count SUBACKs; raises
-    AssertionError otherwise."""
-    if wait_until(lambda: broker_subacks(broker, client_id) >= count, timeout) is None:
-        raise AssertionError("%s: %d SUBACK(s) from the broker after %ds, want %d"
-                             % (client_id, broker_subacks(broker, client_id), timeout, count))
+def wait_subscribed(broker, client_id, filters, before, timeout=15):
+    """Waits until the broker added each of filters for client_id once more
+    than before[filter] (broker_subscriptions() taken before the gateway
+    started); raises AssertionError otherwise."""
+    def done():
+        return all(broker_subscriptions(broker, client_id, f) > before.get(f, 0)
+                   for f in filters)
+    if wait_until(done, timeout) is None:
+        raise AssertionError("%s: not subscribed to all of %r after %ds"
+                             % (client_id, filters, timeout))
 
 
 # ---------------------------------------------------------------------------

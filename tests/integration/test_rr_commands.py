@@ -63,12 +63,16 @@ class RaceResultCommandTests(harness.IntegrationCase):
         return rr, broker, sub, gw, d
 
     def start_cmd_gateway(self, broker, gw):
-        """Starts gw and waits until its command subscription is acknowledged
-        (with a command group, after the subscription of its share probe)."""
-        before = harness.broker_subacks(broker, gw.client_id)
+        """Starts gw and waits until the broker holds its command
+        subscriptions: one per raceresult.devices entry (+ without a list),
+        shared with a command group (mosquitto delivers $share)."""
+        rr = gw.sections.get("raceresult", {})
+        group = rr.get("command_group")
+        filters = ["%sraceresult/%s/cmd" % ("$share/%s/" % group if group else "", dev)
+                   for dev in (rr.get("devices") or "+").split(",")]
+        before = {f: harness.broker_subscriptions(broker, gw.client_id, f) for f in filters}
         gw.start()
-        group = gw.sections.get("raceresult", {}).get("command_group")
-        harness.wait_subacks(broker, gw.client_id, before + (2 if group else 1))
+        harness.wait_subscribed(broker, gw.client_id, filters, before)
         return gw
 
     def publisher(self, broker, protocol=mqtt.MQTTv5):
@@ -242,12 +246,10 @@ class RaceResultCommandTests(harness.IntegrationCase):
 
         # Published retained while the gateway is away (queued in its session),
         # then a restart: the queued copy and the replayed ones are all ignored.
-        before = harness.broker_subacks(broker, gw.client_id)
         self.assertEqual(gw.stop(), 0)
         pub.publish(cmd_topic("D-2"), "STOPOPERATION", retain=True)
         pub.wait_all()
-        gw.start()
-        harness.wait_subacks(broker, gw.client_id, before + 1)
+        self.start_cmd_gateway(broker, gw)
         want.append(marker(3))
         self.assertEqual(self.executed(rr), want)
         self.assertEqual([r["query"]["command"] for r in rr.requests(route=CMD_ROUTE)],
