@@ -155,6 +155,7 @@ struct mqtt {
     bool warned_unreachable;
     char tls_error[256];  /* OpenSSL's last complaint, for the next log line */
     char v5_failure[512]; /* auto: why MQTT 5 failed, said when 3.1.1 works or fails too */
+    bool v5_refused;      /* ... and it was the broker's doing, not an unreachable one */
 
     /* Supervisor thread only. */
     unsigned no_progress; /* connections in a row that acknowledged nothing */
@@ -252,13 +253,23 @@ static void on_connected(void *context, char *cause)
     struct conn *c = context;
     struct mqtt *m = c->m;
     (void)cause;
-    if (c->fallback && !atomic_exchange(&m->fell_back, true)) {
+    if (c->fallback) {
+        /* 3.1.1 for good only when the broker itself answered MQTT 5 with a
+         * refusal or a close. The last URL being unreachable says nothing
+         * (paho reports only the last one's failure, and a broker coming up
+         * between the two attempts would look the same): 5 is tried again at
+         * the next reconnect. */
         pthread_mutex_lock(&m->lock);
-        log_warn("mqtt: the broker refused MQTT 5 (%s) and took 3.1.1: using MQTT 3.1.1 from "
-                 "now on (mqtt.protocol = auto). Without MQTT 5 a command's answer goes to "
-                 "<device>/cmd/response only, with its transaction, and a retained command "
-                 "arriving live is not recognised as retained",
-                 m->v5_failure[0] ? m->v5_failure : "no answer");
+        if (!m->v5_refused)
+            log_info("mqtt: connected with MQTT 3.1.1 after MQTT 5 failed (%s); MQTT 5 is tried "
+                     "again at the next reconnect",
+                     m->v5_failure);
+        else if (!atomic_exchange(&m->fell_back, true))
+            log_warn("mqtt: the broker refused MQTT 5 (%s) and took 3.1.1: using MQTT 3.1.1 "
+                     "from now on (mqtt.protocol = auto). Without MQTT 5 a command's answer "
+                     "goes to <device>/cmd/response only, with its transaction, and a retained "
+                     "command arriving live is not recognised as retained",
+                     m->v5_failure);
         pthread_mutex_unlock(&m->lock);
     }
     if (c->clean && !c->v5) {
@@ -412,6 +423,9 @@ static void connect_failed(struct mqtt *m, const struct conn *c, int code, const
     explain(m, v5, code, message, why, sizeof why);
     if (v5 && may_fall_back(m)) {
         snprintf(m->v5_failure, sizeof m->v5_failure, "%s", why);
+        /* paho's words for "no TCP (or TLS) connection was made". */
+        m->v5_refused = !(code == MQTTASYNC_FAILURE && message &&
+                          strcmp(message, "TCP/TLS connect failure") == 0);
         log_debug("mqtt: MQTT 5 connect to %s failed (%s); trying 3.1.1", m->uri_text, why);
     } else if (!m->warned_unreachable) {
         if (c && c->fallback)
