@@ -26,8 +26,11 @@
 #include "race2mqtt/http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -39,6 +42,7 @@
 
 #include "race2mqtt/board.h"
 #include "race2mqtt/config.h"
+#include "race2mqtt/fault.h"
 #include "race2mqtt/ingest.h"
 #include "race2mqtt/log.h"
 #include "race2mqtt/metrics.h"
@@ -481,8 +485,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             r->len += n;
             return MHD_YES;
         }
-        if (!r->submitted)
+        if (!r->submitted) {
+            if (fault_on("hang-http"))
+                fault_hang();
             return submit(h, conn, r);
+        }
         /* Resumed by http_committed(): the verdict is in. */
         return answer(h, conn, r);
     }
@@ -654,6 +661,84 @@ int http_streams(struct http *h)
 int http_port(const struct http *h)
 {
     return h->port;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Waits for events on fd until deadline (CLOCK_MONOTONIC ms): 0 or -1. */
+static int probe_wait(int fd, short events, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = mono_ms();
+        if (now >= deadline)
+            return -1;
+        struct pollfd pfd = {.fd = fd, .events = events};
+        int n = poll(&pfd, 1, (int)(deadline - now));
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+int http_probe(const struct http *h, int timeout_ms)
+{
+    if (!h || !h->daemon)
+        return -1;
+    struct sockaddr_storage ss = {0};
+    socklen_t sslen;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    const char *bind = h->cfg->http.bind;
+    if (inet_pton(AF_INET, strcmp(bind, "0.0.0.0") == 0 ? "127.0.0.1" : bind, &sin->sin_addr) ==
+        1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)h->port);
+        sslen = sizeof *sin;
+    } else if (inet_pton(AF_INET6, strcmp(bind, "::") == 0 ? "::1" : bind, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)h->port);
+        sslen = sizeof *sin6;
+    } else {
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+    static const char ask[] = "GET /healthz HTTP/1.0\r\nUser-Agent: race2mqtt-watchdog\r\n\r\n";
+    char got[64];
+    size_t have = 0;
+    int rc = -1;
+    if (connect(fd, (struct sockaddr *)&ss, sslen) != 0 &&
+        (errno != EINPROGRESS || probe_wait(fd, POLLOUT, deadline) != 0))
+        goto out;
+    int soerr = 0;
+    socklen_t elen = sizeof soerr;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &elen) != 0 || soerr != 0 ||
+        send(fd, ask, sizeof ask - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof ask - 1))
+        goto out;
+    /* The status line is enough: "HTTP/1.x 200". */
+    while (have < 12) {
+        if (probe_wait(fd, POLLIN, deadline) != 0)
+            goto out;
+        ssize_t n = recv(fd, got + have, sizeof got - have, 0);
+        if (n <= 0) {
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            goto out;
+        }
+        have += (size_t)n;
+    }
+    rc = strncmp(got, "HTTP/1.", 7) == 0 && strncmp(got + 8, " 200", 4) == 0 ? 0 : -1;
+out:
+    close(fd);
+    return rc;
 }
 
 void http_stop(struct http *h, int timeout_ms)

@@ -5,19 +5,43 @@
  * so lines from different threads never interleave, and no lock is held while
  * formatting. The level is an atomic so that -v and log.level can change it
  * while threads run.
+ *
+ * Under journald (stderr is the stream named in JOURNAL_STREAM) a line is
+ * "<N>message": journald takes N as the syslog priority and stamps the time
+ * itself, so ours would only be said twice.
  */
 #include "race2mqtt/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 static _Atomic int current_level = LOG_LEVEL_INFO;
+static _Atomic bool to_journal;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+/* LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG of syslog.h. */
+static const char *const journal_prefixes[] = {"<3>", "<4>", "<6>", "<7>"};
+
+bool log_detect_journal(void)
+{
+    /* JOURNAL_STREAM is "device:inode" of the stream systemd connected; it is
+     * inherited by children whose stderr may be anything, so it only counts
+     * when it is our stderr. */
+    const char *env = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    bool yes = env && sscanf(env, "%llu:%llu", &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+               (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+    atomic_store(&to_journal, yes);
+    return yes;
+}
 
 void log_set_level(enum log_level level)
 {
@@ -46,13 +70,18 @@ void log_msg(enum log_level level, const char *fmt, ...)
         return;
 
     char line[1024];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %-5s ", ts.tv_nsec / 1000000,
-                          level_names[level]);
+    size_t n;
+    if (atomic_load(&to_journal)) {
+        n = (size_t)snprintf(line, sizeof line, "%s", journal_prefixes[level]);
+    } else {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+        n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %-5s ", ts.tv_nsec / 1000000,
+                              level_names[level]);
+    }
 
     va_list ap;
     va_start(ap, fmt);

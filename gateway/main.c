@@ -13,6 +13,7 @@
  *   broker --<base>/<dev>/cmd--> cmdworker --rest--> cmd endpoint --> response
  *   race state + device list --> hass --> <prefix>/device/<node>/.../config
  *   accepted events, refusals, devices --> board --> GET /, /api/state, /events
+ *   publisher loop + HTTP /healthz --> watchdog --> systemd (READY, WATCHDOG)
  *
  * Shutdown runs the exact reverse: stop accepting, drain to the broker within
  * store.flush_timeout_ms, say "offline", close the journal (which keeps the
@@ -54,6 +55,7 @@
 #include "race2mqtt/rest.h"
 #include "race2mqtt/rrpoll.h"
 #include "race2mqtt/topic.h"
+#include "race2mqtt/watchdog.h"
 
 #define DEFAULT_CONFIG "config/race2mqtt.conf"
 #define EXIT_CONFIG 2
@@ -74,6 +76,8 @@ struct gateway {
     struct recorder *recorder; /* smartrace.record; NULL = off */
     bool record_failing;       /* a recording problem is logged when it starts, not per event */
     struct http *_Atomic http;
+    struct watchdog *watchdog; /* NULL unless systemd asked for notifications */
+    uint64_t watched_rounds;   /* publisher_rounds() at the watchdog's last check */
     uint64_t started_ms;
     char lan_url[128]; /* what to type into SmartRace */
 };
@@ -276,6 +280,42 @@ static char *render_metrics(void *ctx, size_t *len)
         .broker_protocol = mqtt_protocol(g->mqtt),
     };
     return metrics_render(&gauges, len);
+}
+
+/* The watchdog's thread: the publisher went round and HTTP answers. */
+static bool gateway_alive(void *ctx, int budget_ms, char *why, size_t cap)
+{
+    struct gateway *g = ctx;
+    uint64_t rounds = publisher_rounds(g->publisher);
+    if (rounds == g->watched_rounds) {
+        snprintf(why, cap, "the publisher thread has not gone round its loop since the last check");
+        return false;
+    }
+    g->watched_rounds = rounds;
+    struct http *h = atomic_load(&g->http);
+    if (h && http_probe(h, budget_ms) != 0) {
+        snprintf(why, cap, "the HTTP server did not answer its own GET /healthz within %d ms",
+                 budget_ms);
+        return false;
+    }
+    return true;
+}
+
+static void gateway_status(void *ctx, char *line, size_t cap)
+{
+    struct gateway *g = ctx;
+    struct journal_stats st;
+    journal_get_stats(g->journal, &st);
+    uint64_t acked = publisher_acked(g->publisher);
+    const char *server = mqtt_server(g->mqtt);
+    int n = mqtt_is_connected(g->mqtt)
+                ? snprintf(line, cap, "broker connected (%s, MQTT %s)", server ? server : "?",
+                           mqtt_protocol(g->mqtt))
+                : snprintf(line, cap, "broker not connected (%s)", g->cfg.mqtt.url);
+    if (n > 0 && (size_t)n < cap)
+        snprintf(line + n, cap - (size_t)n, "; last event seq %llu, %llu waiting in the journal",
+                 (unsigned long long)st.last_seq,
+                 (unsigned long long)(st.last_seq > acked ? st.last_seq - acked : 0));
 }
 
 static uint64_t wall_ms(void)
@@ -524,10 +564,19 @@ static int run(struct gateway *g, const sigset_t *signals)
         atomic_store(&g->http, h);
     }
     print_banner(g, addr);
+    struct watchdog_hooks wh = {
+        .alive = gateway_alive,
+        .ready = broker_ready,
+        .status = gateway_status,
+        .ctx = g,
+    };
+    if (watchdog_start(&g->watchdog, &wh, err, sizeof err) != 0)
+        goto out;
 
     int sig = 0;
     while (sigwait(signals, &sig) == 0 && sig != SIGTERM && sig != SIGINT)
         ;
+    watchdog_stopping(g->watchdog);
     log_info("stopping on %s: accepting no more events, flushing to the broker (up to %d ms)",
              sig == SIGINT ? "SIGINT" : "SIGTERM", g->cfg.store.flush_timeout_ms);
     status = 0;
@@ -536,6 +585,8 @@ out:
     if (err[0])
         log_error("%s", err);
     /* The reverse of the start order. */
+    watchdog_free(g->watchdog);
+    g->watchdog = NULL;
     http_stop(atomic_load(&g->http), HTTP_DRAIN_MS);
     hass_stop(g->hass);
     cmdworker_stop(g->cmdworker);
@@ -613,8 +664,9 @@ int main(int argc, char **argv)
 
     static struct gateway g;
     char err[512];
+    bool journald = log_detect_journal();
     if (config_load(&g.cfg, path, err, sizeof err) != 0) {
-        fprintf(stderr, "race2mqtt: %s\n", err);
+        fprintf(stderr, "%srace2mqtt: %s\n", journald ? "<3>" : "", err);
         config_free(&g.cfg);
         return EXIT_CONFIG;
     }

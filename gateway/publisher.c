@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "race2mqtt/config.h"
+#include "race2mqtt/fault.h"
 #include "race2mqtt/ingest.h"
 #include "race2mqtt/journal.h"
 #include "race2mqtt/log.h"
@@ -109,6 +110,8 @@ struct publisher {
     uint64_t last_stats_us;
 
     _Atomic uint64_t acked;
+    _Atomic uint64_t rounds; /* times round the loop: the watchdog's sign of life */
+    bool hang_fault;         /* test-only, see fault.h */
 };
 
 static uint64_t now_us(void)
@@ -188,6 +191,7 @@ struct publisher *publisher_new(const struct config *cfg, struct journal *j, str
     p->cfg = cfg;
     p->j = j;
     p->in = in;
+    p->hang_fault = fault_on("hang-publisher");
     p->wcap = (size_t)cfg->mqtt.max_inflight;
     p->window = calloc(p->wcap, sizeof *p->window);
     if (!p->window) {
@@ -608,7 +612,10 @@ static void *run(void *arg)
             publish_state(p, now_us());
             publish_stats(p, false);
         }
+        if (p->hang_fault && p->read_seq > 0)
+            fault_hang();
         housekeeping(p, false);
+        atomic_fetch_add(&p->rounds, 1);
 
         if (stopping && (drained(p) || now_us() >= deadline))
             break;
@@ -624,6 +631,11 @@ static void *run(void *arg)
                  "journal and go out after the next start");
     housekeeping(p, true);
     return NULL;
+}
+
+uint64_t publisher_rounds(struct publisher *p)
+{
+    return atomic_load(&p->rounds);
 }
 
 int publisher_start(struct publisher *p, struct mqtt *m, char *err, size_t errlen)

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config
   libpaho-mqtt-dev libmicrohttpd-dev libjson-c-dev libinih-dev zlib1g-dev libcurl4-openssl-dev
-  libcmocka-dev
+  libcmocka-dev libsystemd-dev
   mosquitto mosquitto-clients
   python3 python3-paho-mqtt python3-jinja2 curl ca-certificates openssl util-linux
   chromium python3-websocket

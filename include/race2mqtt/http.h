@@ -45,6 +45,14 @@ int http_streams(struct http *h);
 int http_port(const struct http *h);
 
 /*
+ * Asks the server's own GET /healthz over a fresh connection to its bind
+ * address (loopback for 0.0.0.0 and ::). 0 when 200 came back within
+ * timeout_ms, -1 otherwise: a server whose threads hang answers nothing.
+ * For the watchdog thread; blocks up to timeout_ms.
+ */
+int http_probe(const struct http *h, int timeout_ms);
+
+/*
  * Stops accepting, lets requests waiting for the journal finish (bounded by
  * timeout_ms; the rest get 503) and closes every connection. http_committed()
  * stays safe to call until http_free(). Safe twice and with NULL.

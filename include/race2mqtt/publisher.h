@@ -57,4 +57,8 @@ void publisher_republish(struct publisher *p);
 /* Highest seq such that it and all before it are acknowledged. */
 uint64_t publisher_acked(struct publisher *p);
 
+/* How often the thread went round its loop (at least every 100 ms while it
+ * lives): the watchdog pings only while this moves. Any thread. */
+uint64_t publisher_rounds(struct publisher *p);
+
 #endif

@@ -56,6 +56,16 @@ def gateway_bin():
     return path
 
 
+# systemd's variables: a test runner that is itself a service must not have
+# its gateways notify its own manager (test_systemd.py sets them on purpose).
+SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
+
+
+def inherited_setting(name):
+    """An environment variable of the runner that would change the gateway."""
+    return name.startswith("RACE2MQTT_") or name in SYSTEMD_VARS
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -387,7 +397,7 @@ class Gateway(Process):
                 f.write("\n")
 
     def environ(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RACE2MQTT_")}
+        env = {k: v for k, v in os.environ.items() if not inherited_setting(k)}
         env.update(self.env)
         return env
 
@@ -446,7 +456,7 @@ class Gateway(Process):
 
 def run_cli(args, env=None, timeout=20):
     """Runs the binary with args; returns (exit status, stdout+stderr text)."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith("RACE2MQTT_")}
+    e = {k: v for k, v in os.environ.items() if not inherited_setting(k)}
     e.update(env or {})
     # A throw-away working directory: should a bad config be accepted, the
     # default ./var must not land in the caller's directory.
