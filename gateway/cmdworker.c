@@ -44,6 +44,7 @@
 #include "race2mqtt/command.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/log.h"
+#include "race2mqtt/metrics.h"
 #include "race2mqtt/mqtt.h"
 #include "race2mqtt/rest.h"
 #include "race2mqtt/topic.h"
@@ -249,6 +250,7 @@ static void execute(struct cmdworker *w, const struct request *r)
         log_warn("raceresult: retained command for %s ignored (clear it with an empty "
                  "retained message)",
                  r->device);
+        metrics_inc(METRIC_RR_COMMANDS_IGNORED);
         return;
     }
     if (r->len > BODY_MAX) {
@@ -304,6 +306,7 @@ static void execute(struct cmdworker *w, const struct request *r)
         res.error = err;
     }
 answer:
+    metrics_inc(res.ok ? METRIC_RR_COMMANDS_OK : METRIC_RR_COMMANDS_ERROR);
     log_info("raceresult: command %s for %s: %s%s%s", res.command ? res.command : "(none)",
              r->device, res.ok ? "ok" : "error", res.ok ? "" : ": ", res.ok ? "" : res.error);
     respond(w, r, &res);

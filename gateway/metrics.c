@@ -186,7 +186,13 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         "# HELP race2mqtt_mqtt_clients_abandoned_total paho clients left unused after a "
         "publish failed on a broken socket (their in-flight state is unsafe).\n"
         "# TYPE race2mqtt_mqtt_clients_abandoned_total counter\n"
-        "race2mqtt_mqtt_clients_abandoned_total %llu\n",
+        "race2mqtt_mqtt_clients_abandoned_total %llu\n"
+        "# HELP race2mqtt_raceresult_commands_total Decoder commands by outcome: ok (the API "
+        "answered 2xx), error (answered with an error), ignored (retained, never run).\n"
+        "# TYPE race2mqtt_raceresult_commands_total counter\n"
+        "race2mqtt_raceresult_commands_total{result=\"ok\"} %llu\n"
+        "race2mqtt_raceresult_commands_total{result=\"error\"} %llu\n"
+        "race2mqtt_raceresult_commands_total{result=\"ignored\"} %llu\n",
         (unsigned long long)get(&counters[METRIC_EVENTS_REJECTED]),
         (unsigned long long)get(&counters[METRIC_EVENTS_REFUSED]),
         (unsigned long long)get(&counters[METRIC_JOURNAL_COMMITS]),
@@ -196,7 +202,10 @@ char *metrics_render(const struct metrics_gauges *g, size_t *len)
         (unsigned long long)get(&counters[METRIC_RR_REQUESTS]),
         (unsigned long long)get(&counters[METRIC_RR_ERRORS]),
         (unsigned long long)get(&counters[METRIC_MQTT_STALLS]),
-        (unsigned long long)get(&counters[METRIC_MQTT_CLIENTS_ABANDONED]));
+        (unsigned long long)get(&counters[METRIC_MQTT_CLIENTS_ABANDONED]),
+        (unsigned long long)get(&counters[METRIC_RR_COMMANDS_OK]),
+        (unsigned long long)get(&counters[METRIC_RR_COMMANDS_ERROR]),
+        (unsigned long long)get(&counters[METRIC_RR_COMMANDS_IGNORED]));
 
     put(&t, "# HELP race2mqtt_publish_latency_seconds Journal commit to broker acknowledgement.\n"
             "# TYPE race2mqtt_publish_latency_seconds histogram\n");

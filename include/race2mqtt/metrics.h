@@ -22,6 +22,9 @@ enum metrics_counter {
     METRIC_RR_ERRORS,              /* REST requests failed: network, timeout, non-2xx, bad JSON */
     METRIC_MQTT_STALLS,            /* connections in a row closed before any acknowledgement */
     METRIC_MQTT_CLIENTS_ABANDONED, /* paho clients left alone after a write error */
+    METRIC_RR_COMMANDS_OK,         /* decoder commands the API answered 2xx */
+    METRIC_RR_COMMANDS_ERROR,      /* answered with an error: refused, API failed, ... */
+    METRIC_RR_COMMANDS_IGNORED,    /* retained commands, never run */
     METRIC_COUNTER_COUNT
 };
 

@@ -59,7 +59,9 @@ COUNTERS = {
     "race2mqtt_raceresult_passings_total", "race2mqtt_raceresult_requests_total",
     "race2mqtt_raceresult_errors_total", "race2mqtt_mqtt_stalls_total",
     "race2mqtt_mqtt_clients_abandoned_total", "race2mqtt_mqtt_reconnects_total",
+    "race2mqtt_raceresult_commands_total",
 }
+COMMANDS = 'race2mqtt_raceresult_commands_total{result="%s"}'
 HISTOGRAMS = {"race2mqtt_publish_latency_seconds"}
 # Gauges and the value this run leaves them at (a callable checks it).
 GAUGES = {
@@ -226,6 +228,14 @@ class MetricsPromtoolTests(harness.IntegrationCase):
         harness.publish(broker.port, "raceresult/%s/cmd" % DEV, "GETSTATUS")
         self.assertTrue(sub.wait_message(lambda m: m.topic == "raceresult/%s/cmd/response"
                                          % DEV, 15), "no command response")
+        self.wait_metric(gw, COMMANDS % "ok", lambda v: v == 1, 15, "command answered")
+        harness.publish(broker.port, "raceresult/%s/cmd" % DEV, json.dumps({"command": 5}))
+        self.wait_metric(gw, COMMANDS % "error", lambda v: v == 1, 15, "malformed command")
+        # Retained: kept as such by Retain As Published (MQTT 5), never run.
+        harness.publish(broker.port, "raceresult/%s/cmd" % DEV, "GETSTATUS", retain=True)
+        self.wait_metric(gw, COMMANDS % "ignored", lambda v: v >= 1, 15, "retained command")
+        harness.publish(broker.port, "raceresult/%s/cmd" % DEV, b"", retain=True)
+        self.assertEqual(self.gauge(gw, COMMANDS % "ok"), 1, "a retained command ran")
         self.drained(gw, "at the end")
 
         # 7. A live page stream open while /metrics is read.
