@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/command.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/log.h"
@@ -95,13 +96,6 @@ struct cmdworker {
     uint64_t probe_nonce; /* the probe in flight, 0 for none */
     bool probe_seen;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void request_free(struct request *r)
 {
@@ -371,10 +365,10 @@ static int share_check(struct cmdworker *w)
     pthread_mutex_lock(&w->lock);
     w->probe_nonce = nonce;
     w->probe_seen = false;
-    uint64_t start = now_ms(), next = start;
+    uint64_t start = mono_ms(), next = start;
     bool seen = false, up = true;
     while (!atomic_load(&w->stop)) {
-        uint64_t now = now_ms();
+        uint64_t now = mono_ms();
         if (now >= next && now < start + PROBE_MS) {
             pthread_mutex_unlock(&w->lock);
             mqtt_publish(w->m, w->probe_topic, payload, (size_t)plen, 1, false, 0);
@@ -386,16 +380,12 @@ static int share_check(struct cmdworker *w)
         if (seen || !up || now >= start + PROBE_MS)
             break;
         uint64_t until_ms = next < start + PROBE_MS ? next : start + PROBE_MS;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        uint64_t ns = (uint64_t)until.tv_nsec + (until_ms - now) * 1000000u;
-        until.tv_sec += (time_t)(ns / 1000000000u);
-        until.tv_nsec = (long)(ns % 1000000000u);
+        struct timespec until = realtime_in_us((until_ms - now) * 1000);
         pthread_cond_timedwait(&w->cond, &w->lock, &until);
     }
     w->probe_nonce = 0;
     pthread_mutex_unlock(&w->lock);
-    uint64_t took = now_ms() - start;
+    uint64_t took = mono_ms() - start;
     if (up)
         mqtt_unsubscribe(w->m, w->probe_filter);
     if (seen) {

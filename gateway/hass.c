@@ -37,6 +37,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/discovery.h"
 #include "race2mqtt/ingest.h"
@@ -103,13 +104,6 @@ struct hass {
     char (*orphans)[DISCOVERY_OBJECT_MAX];
     size_t norphans;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static struct entry *table_find(struct table *t, const char *level)
 {
@@ -209,7 +203,7 @@ bool hass_message(struct hass *h, const struct mqtt_message *msg)
             memcmp(msg->payload, "online", 6) == 0) {
             pthread_mutex_lock(&h->lock);
             if (!h->birth_due_ms) {
-                h->birth_due_ms = now_ms() + (uint64_t)h->cfg->homeassistant.birth_delay_ms;
+                h->birth_due_ms = mono_ms() + (uint64_t)h->cfg->homeassistant.birth_delay_ms;
                 if (!h->birth_due_ms)
                     h->birth_due_ms = 1;
             }
@@ -240,7 +234,7 @@ bool hass_message(struct hass *h, const struct mqtt_message *msg)
 
 void hass_decoder_seen(struct hass *h, const struct hass_decoder *d)
 {
-    uint64_t now = now_ms();
+    uint64_t now = mono_ms();
     pthread_mutex_lock(&h->lock);
     struct entry *e = table_find(&h->decs, d->level);
     if (!e) {
@@ -518,23 +512,16 @@ static void *run(void *arg)
 
     pthread_mutex_lock(&h->lock);
     while (!h->stop) {
-        uint64_t wait_ms = TICK_MS, t = now_ms();
+        uint64_t wait_ms = TICK_MS, t = mono_ms();
         if (h->birth_due_ms && h->birth_due_ms - t < wait_ms)
             wait_ms = h->birth_due_ms > t ? h->birth_due_ms - t : 0;
         if (!h->connected_event && wait_ms > 0) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += (time_t)(wait_ms / 1000);
-            until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until = realtime_in_us(wait_ms * 1000);
             pthread_cond_timedwait(&h->cond, &h->lock, &until);
         }
         if (h->stop)
             break;
-        uint64_t now = now_ms();
+        uint64_t now = mono_ms();
         bool connected = h->connected_event;
         h->connected_event = false;
         bool birth = h->birth_due_ms && now >= h->birth_due_ms;

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "race2mqtt/board.h"
+#include "race2mqtt/clock.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/fault.h"
 #include "race2mqtt/ingest.h"
@@ -663,13 +664,6 @@ int http_port(const struct http *h)
     return h->port;
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Waits for events on fd until deadline (CLOCK_MONOTONIC ms): 0 or -1. */
 static int probe_wait(int fd, short events, uint64_t deadline)
 {
@@ -750,14 +744,7 @@ void http_stop(struct http *h, int timeout_ms)
         h->listen_fd = MHD_quiesce_daemon(h->daemon);
         pthread_mutex_lock(&h->lock);
         h->stopping = true;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = realtime_in_us((uint64_t)timeout_ms * 1000);
         while (h->waiting && pthread_cond_timedwait(&h->idle, &h->lock, &until) == 0)
             ;
         /* Whatever is still waiting was not stored in time: 503, and

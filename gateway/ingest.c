@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/journal.h"
 #include "race2mqtt/log.h"
@@ -325,9 +326,7 @@ static void *saver_main(void *arg)
     struct ingest *in = arg;
     pthread_mutex_lock(&in->saver_lock);
     while (!in->saver_stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += SNAPSHOT_INTERVAL_S;
+        struct timespec until = realtime_in_us((uint64_t)SNAPSHOT_INTERVAL_S * 1000000);
         while (!in->saver_stop &&
                pthread_cond_timedwait(&in->saver_cond, &in->saver_lock, &until) == 0)
             ;

@@ -65,6 +65,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/log.h"
 #include "race2mqtt/metrics.h"
@@ -161,13 +162,6 @@ struct mqtt {
     unsigned no_progress; /* connections in a row that acknowledged nothing */
     uint64_t stuck_tag;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* paho wants tcp:// and ssl://; users write mqtt:// and mqtts://. */
 static int build_uri(char *out, size_t cap, const char *url, bool *tls)
@@ -548,7 +542,7 @@ static void publish_done(struct pub_ctx *pc, bool ok)
             atomic_fetch_add(&c->acked, 1);
             if (atomic_load(&m->stalled) && atomic_exchange(&m->stalled, false))
                 log_info("mqtt: the broker acknowledges again, %.1f s after the stall began",
-                         (double)(now_ms() - atomic_load(&m->stalled_since_ms)) / 1000.0);
+                         (double)(mono_ms() - atomic_load(&m->stalled_since_ms)) / 1000.0);
             if (m->cb.on_delivered)
                 m->cb.on_delivered(m->cb.ctx, pc->tag);
         } else if (m->cb.on_failed) {
@@ -679,7 +673,7 @@ static bool account(struct mqtt *m, struct conn *c)
     }
     pthread_mutex_unlock(&m->ctx_lock);
     if (m->no_progress++ == 0) {
-        atomic_store(&m->stalled_since_ms, now_ms());
+        atomic_store(&m->stalled_since_ms, mono_ms());
         m->stuck_tag = tag;
     }
     if (m->no_progress < STALL_CONNECTIONS)
@@ -812,9 +806,7 @@ static void *supervise(void *arg)
         int wait_s = reset || try_311 || failover ? 0 : delay_s;
 
         pthread_mutex_lock(&m->lock);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += wait_s;
+        struct timespec until = realtime_in_us((uint64_t)wait_s * 1000000);
         while (!m->stopping && pthread_cond_timedwait(&m->cond, &m->lock, &until) == 0)
             ;
         if (m->stopping)

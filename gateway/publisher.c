@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/fault.h"
 #include "race2mqtt/ingest.h"
@@ -113,13 +114,6 @@ struct publisher {
     _Atomic uint64_t rounds; /* times round the loop: the watchdog's sign of life */
     bool hang_fault;         /* test-only, see fault.h */
 };
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* Appends under p->lock; on no memory the tag is dropped, which at worst
  * means a record is sent again after the next reconnect. */
@@ -302,7 +296,7 @@ static void publish_bridge(struct publisher *p)
  * ever accepted, across restarts; passings counts since this start. */
 static void publish_stats(struct publisher *p, bool force)
 {
-    uint64_t now = now_us();
+    uint64_t now = mono_us();
     if (!force && now - p->last_stats_us < STATS_INTERVAL_MS * 1000u)
         return;
     struct journal_stats st;
@@ -331,7 +325,7 @@ static void republish_all(struct publisher *p)
     publish_bridge(p);
     publish_stats(p, true);
     p->state_resync = false;
-    p->last_state_us = now_us();
+    p->last_state_us = mono_us();
     ingest_emit_state(p->in, true, state_publish, p);
 }
 
@@ -349,7 +343,7 @@ static bool send_record(struct publisher *p, struct slot *s, const struct journa
     size_t len = smartrace_seal(p->sealed, p->sealedcap, rec->payload, rec->payload_len, rec->seq);
     if (mqtt_publish(p->m, rec->topic, p->sealed, len, p->cfg->smartrace.qos, false, rec->seq) != 0)
         return false;
-    s->sent_us = now_us();
+    s->sent_us = mono_us();
     s->needs_send = false;
     return true;
 }
@@ -491,7 +485,7 @@ static void drop_burned(struct publisher *p, const struct tag_list *burned)
 static void apply_acks(struct publisher *p, const struct tag_list *acks,
                        const struct tag_list *fails)
 {
-    uint64_t now = now_us();
+    uint64_t now = mono_us();
     for (size_t i = 0; i < acks->n; i++) {
         struct slot *s = slot_find(p, acks->v[i]);
         if (s && !s->acked) {
@@ -519,7 +513,7 @@ static void apply_acks(struct publisher *p, const struct tag_list *acks,
  * state snapshot (written by ingest's own thread) cover. */
 static void housekeeping(struct publisher *p, bool force)
 {
-    uint64_t now = now_us();
+    uint64_t now = mono_us();
     uint64_t acked = atomic_load(&p->acked);
     if (acked != p->persisted_acked && (force || now - p->last_persist_us >= ACK_PERSIST_MS * 1000)) {
         journal_set_acked(p->j, acked);
@@ -554,16 +548,8 @@ static void *run(void *arg)
         if (!p->wake && !p->connected_event && !p->republish_event && !p->stop && p->fails.n == 0 &&
             p->burned.n == 0 && (p->acks.n == 0 || !p->want_acks)) {
             /* Sleep until the next tick, or sooner when a state round is due. */
-            long wait_ns = TICK_MS * 1000000L;
-            if (state_due)
-                wait_ns = STATE_MIN_INTERVAL_US * 1000L;
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += wait_ns;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until =
+                realtime_in_us(state_due ? STATE_MIN_INTERVAL_US : TICK_MS * 1000);
             pthread_cond_timedwait(&p->cond, &p->lock, &until);
         }
         /* Take the hand-off and work without the lock. */
@@ -609,7 +595,7 @@ static void *run(void *arg)
         if (p->connected) {
             if (resend(p))
                 fill(p);
-            publish_state(p, now_us());
+            publish_state(p, mono_us());
             publish_stats(p, false);
         }
         if (p->hang_fault && p->read_seq > 0)
@@ -617,7 +603,7 @@ static void *run(void *arg)
         housekeeping(p, false);
         atomic_fetch_add(&p->rounds, 1);
 
-        if (stopping && (drained(p) || now_us() >= deadline))
+        if (stopping && (drained(p) || mono_us() >= deadline))
             break;
         state_due = p->connected && (p->state_resync || ingest_state_dirty(p->in, NULL));
         pthread_mutex_lock(&p->lock);
@@ -655,7 +641,7 @@ void publisher_stop(struct publisher *p, int timeout_ms)
         return;
     pthread_mutex_lock(&p->lock);
     p->stop = true;
-    p->stop_deadline_us = now_us() + (uint64_t)timeout_ms * 1000u;
+    p->stop_deadline_us = mono_us() + (uint64_t)timeout_ms * 1000u;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
     pthread_join(p->thread, NULL);

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/log.h"
 
 #define TOKEN_MAX 1024
@@ -59,13 +60,6 @@ struct rest {
     const _Atomic bool *cancel; /* set: abort the transfer in progress */
     char errbuf[CURL_ERROR_SIZE];
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 const char *rest_strerror(enum rest_result r)
 {
@@ -285,7 +279,7 @@ static enum rest_result perform(struct rest *r, const char *method, const char *
         curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     }
 
-    uint64_t t0 = now_ms();
+    uint64_t t0 = mono_ms();
     CURLcode rc = curl_easy_perform(c);
     /* The header list holds the token: drop curl's pointer to it now. */
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
@@ -296,7 +290,7 @@ static enum rest_result perform(struct rest *r, const char *method, const char *
         sink.buf = NULL;
         result = resp->body ? REST_OK : REST_NOMEM;
         log_debug("raceresult: %s %s -> %ld (%zu bytes, %llu ms)", method, path_query,
-                  resp->http_status, resp->len, (unsigned long long)(now_ms() - t0));
+                  resp->http_status, resp->len, (unsigned long long)(mono_ms() - t0));
         goto out;
     }
     if (sink.too_big || rc == CURLE_FILESIZE_EXCEEDED)
@@ -330,8 +324,8 @@ static void token_backoff(struct rest_auth *a, long status)
     if (a->backoff_ms > BACKOFF_MAX_MS)
         a->backoff_ms = BACKOFF_MAX_MS;
     /* Jitter of up to a quarter, so replicas do not retry in step. */
-    uint64_t jitter = (now_ms() * 2654435761u) % (a->backoff_ms / 4 + 1);
-    a->backoff_until_ms = now_ms() + a->backoff_ms + jitter;
+    uint64_t jitter = (mono_ms() * 2654435761u) % (a->backoff_ms / 4 + 1);
+    a->backoff_until_ms = mono_ms() + a->backoff_ms + jitter;
     if (!a->refused)
         log_warn("raceresult: token request refused (HTTP %ld)%s; backing off %llu s and "
                  "longer while it lasts",
@@ -365,7 +359,7 @@ static int token_accept(struct rest_auth *a, const struct rest_response *resp)
     memcpy(a->token, t, n + 1);
     a->have_token = true;
     a->generation++;
-    a->expires_ms = now_ms() + (uint64_t)(ttl_s - margin) * 1000u;
+    a->expires_ms = mono_ms() + (uint64_t)(ttl_s - margin) * 1000u;
     if (a->refused || a->generation == 1)
         log_info("raceresult: authenticated (token valid for %lld s)", (long long)ttl_s);
     a->refused = false;
@@ -390,10 +384,10 @@ static enum rest_result get_token(struct rest *r, uint64_t stale_gen, char *head
     pthread_mutex_lock(&a->lock);
     if (stale_gen != 0 && a->have_token && a->generation == stale_gen)
         a->have_token = false;
-    if (!a->have_token || now_ms() >= a->expires_ms) {
-        if (now_ms() < a->backoff_until_ms) {
+    if (!a->have_token || mono_ms() >= a->expires_ms) {
+        if (mono_ms() < a->backoff_until_ms) {
             snprintf(err, errlen, "token requests refused; next try in %llu s",
-                     (unsigned long long)((a->backoff_until_ms - now_ms()) / 1000 + 1));
+                     (unsigned long long)((a->backoff_until_ms - mono_ms()) / 1000 + 1));
             result = REST_AUTH;
             goto out;
         }

@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/config.h"
 #include "race2mqtt/cursor.h"
 #include "race2mqtt/log.h"
@@ -100,20 +101,13 @@ struct rrpoll {
     uint64_t api_backoff_until_ms, api_backoff_ms;
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Doubles *ms within [MIN, MAX] and returns the deadline with up to 25% jitter. */
 static uint64_t backoff(uint64_t *ms)
 {
     *ms = *ms ? *ms * 2 : BACKOFF_MIN_MS;
     if (*ms > BACKOFF_MAX_MS)
         *ms = BACKOFF_MAX_MS;
-    uint64_t now = now_ms();
+    uint64_t now = mono_ms();
     return now + *ms + (now * 2654435761u) % (*ms / 4 + 1);
 }
 
@@ -175,14 +169,7 @@ void rrpoll_connection_lost(struct rrpoll *p)
 /* Sleeps up to ms, woken early by stop or a reconnect. */
 static void nap(struct rrpoll *p, uint64_t ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)(ms / 1000);
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = realtime_in_us(ms * 1000);
     pthread_mutex_lock(&p->lock);
     while (!atomic_load(&p->stop) && !p->connected_event &&
            pthread_cond_timedwait(&p->cond, &p->lock, &until) == 0)
@@ -391,7 +378,7 @@ static size_t publish_page(struct rrpoll *p, struct device *d, struct rr_passing
     p->page_failed = false;
     pthread_mutex_unlock(&p->lock);
 
-    uint64_t deadline = now_ms() + PAGE_ACK_TIMEOUT_MS;
+    uint64_t deadline = mono_ms() + PAGE_ACK_TIMEOUT_MS;
     for (size_t i = 0; i <= n; i++) {
         /* Wait only for a full window, and then until half of it is
          * acknowledged: page_ack() wakes the poller at that mark, not on
@@ -403,15 +390,9 @@ static size_t publish_page(struct rrpoll *p, struct device *d, struct rr_passing
         p->wake_at = i == n ? 0 : window / 2;
         if (i == n || p->outstanding >= window) {
             while (p->outstanding > p->wake_at && !p->page_failed && !atomic_load(&p->stop)) {
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_nsec += 100 * 1000000L;
-                if (until.tv_nsec >= 1000000000L) {
-                    until.tv_sec++;
-                    until.tv_nsec -= 1000000000L;
-                }
+                struct timespec until = realtime_in_us(100 * 1000);
                 pthread_cond_timedwait(&p->cond, &p->lock, &until);
-                if (now_ms() >= deadline)
+                if (mono_ms() >= deadline)
                     p->page_failed = true;
             }
         }
@@ -431,7 +412,7 @@ static size_t publish_page(struct rrpoll *p, struct device *d, struct rr_passing
             pthread_mutex_unlock(&p->lock);
             break;
         }
-        deadline = now_ms() + PAGE_ACK_TIMEOUT_MS;
+        deadline = mono_ms() + PAGE_ACK_TIMEOUT_MS;
     }
 
     /* Retire the page: acknowledgements still on their way are now stale. */
@@ -560,7 +541,7 @@ static void fetch_device(struct rrpoll *p, struct device *d, const struct rr_dev
         uint64_t wait_s = behind && p->cfg->raceresult.recheck_s > BEHIND_RECHECK_S
                               ? BEHIND_RECHECK_S
                               : (uint64_t)p->cfg->raceresult.recheck_s;
-        d->recheck_ms = now_ms() + wait_s * 1000u;
+        d->recheck_ms = mono_ms() + wait_s * 1000u;
     }
 }
 
@@ -570,7 +551,7 @@ static void poll_round(struct rrpoll *p)
     char err[ERR_MAX] = "";
     struct rest_response resp = {0};
     struct rr_device_list list = {0};
-    if (now_ms() < p->api_backoff_until_ms)
+    if (mono_ms() < p->api_backoff_until_ms)
         return;
     enum rest_result res = rest_request(p->rest, "GET", p->list_path, &resp, err, sizeof err);
     if (res == REST_OK)
@@ -599,7 +580,7 @@ static void poll_round(struct rrpoll *p)
     /* Every device and its status first, then the passings: a long backlog
      * on one decoder must not keep the others' status (or the page's device
      * list) waiting. The observer hears of a device before its status. */
-    uint64_t now = now_ms();
+    uint64_t now = mono_ms();
     for (size_t i = 0; i < list.count && !atomic_load(&p->stop); i++) {
         struct device *d = device_get(p, &list.devices[i]);
         if (!d)
@@ -646,9 +627,9 @@ static void *run(void *arg)
             for (size_t i = 0; i < p->ndevs; i++)
                 p->devs[i].republish = true;
         }
-        uint64_t t0 = now_ms();
+        uint64_t t0 = mono_ms();
         poll_round(p);
-        uint64_t spent = now_ms() - t0;
+        uint64_t spent = mono_ms() - t0;
         uint64_t interval = (uint64_t)p->cfg->raceresult.poll_interval_ms;
         if (!anyone_behind(p) && spent < interval)
             nap(p, interval - spent);

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/log.h"
 
 /* The browser reconnects this long after a lost stream. */
@@ -74,13 +75,6 @@ static void frame_put(struct frame *f)
 {
     if (f && --f->refs == 0)
         free(f);
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 void sse_stamp(struct json_object *state)
@@ -139,13 +133,7 @@ static void *run(void *arg)
             continue;
         }
         if (!s->fresh_wanted) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += SSE_CHECK_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until = realtime_in_us(SSE_CHECK_MS * 1000);
             pthread_cond_timedwait(&s->wake, &s->lock, &until);
         }
         if (s->stop || s->nstreams == 0)

@@ -24,6 +24,7 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
+#include "race2mqtt/clock.h"
 #include "race2mqtt/log.h"
 
 #define READY_WAIT_MS 10000
@@ -44,27 +45,12 @@ struct watchdog {
     bool running;
 };
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Sleeps until deadline (CLOCK_MONOTONIC ms) or the stop; true on stop. */
 static bool sleep_until(struct watchdog *w, uint64_t deadline)
 {
     pthread_mutex_lock(&w->lock);
     while (!w->stop && mono_ms() < deadline) {
-        uint64_t left = deadline - mono_ms();
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += (time_t)(left / 1000);
-        until.tv_nsec += (long)(left % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = realtime_in_us((deadline - mono_ms()) * 1000);
         pthread_cond_timedwait(&w->cond, &w->lock, &until);
     }
     bool stop = w->stop;
