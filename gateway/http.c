@@ -584,6 +584,34 @@ void http_committed(struct http *h, uint64_t first, uint64_t last, bool ok)
     pthread_mutex_unlock(&h->lock);
 }
 
+/* bind (an IPv4 or IPv6 address) and port as a socket address. With
+ * loopback, the wildcards 0.0.0.0 and :: become the loopback address, where
+ * this machine reaches the server. len may be NULL. 0, or -1 for no address. */
+static int socket_address(const char *bind, int port, bool loopback, struct sockaddr_storage *ss,
+                          socklen_t *len)
+{
+    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    memset(ss, 0, sizeof *ss);
+    if (inet_pton(AF_INET, loopback && strcmp(bind, "0.0.0.0") == 0 ? "127.0.0.1" : bind,
+                  &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        if (len)
+            *len = sizeof *sin;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, loopback && strcmp(bind, "::") == 0 ? "::1" : bind, &sin6->sin6_addr) ==
+        1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        if (len)
+            *len = sizeof *sin6;
+        return 0;
+    }
+    return -1;
+}
+
 int http_start(struct http **out, const struct config *cfg, struct ingest *in, struct board *board,
                const struct http_hooks *hooks, char *err, size_t errlen)
 {
@@ -601,22 +629,15 @@ int http_start(struct http **out, const struct config *cfg, struct ingest *in, s
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->idle, NULL);
 
-    struct sockaddr_storage ss = {0};
+    struct sockaddr_storage ss;
     unsigned int flags =
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, cfg->http.bind, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((uint16_t)cfg->http.port);
-    } else if (inet_pton(AF_INET6, cfg->http.bind, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((uint16_t)cfg->http.port);
-        flags |= MHD_USE_IPv6;
-    } else {
+    if (socket_address(cfg->http.bind, cfg->http.port, false, &ss, NULL) != 0) {
         snprintf(err, errlen, "http.bind: not an IPv4 or IPv6 address: '%s'", cfg->http.bind);
         goto fail;
     }
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
     if (cfg->http.max_streams > 0 && hooks->state) {
         struct sse_hooks sh = {.render = hooks->state, .ctx = hooks->ctx};
         h->sse = sse_new(cfg->http.max_streams, &sh);
@@ -684,23 +705,10 @@ int http_probe(const struct http *h, int timeout_ms)
 {
     if (!h || !h->daemon)
         return -1;
-    struct sockaddr_storage ss = {0};
+    struct sockaddr_storage ss;
     socklen_t sslen;
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    const char *bind = h->cfg->http.bind;
-    if (inet_pton(AF_INET, strcmp(bind, "0.0.0.0") == 0 ? "127.0.0.1" : bind, &sin->sin_addr) ==
-        1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((uint16_t)h->port);
-        sslen = sizeof *sin;
-    } else if (inet_pton(AF_INET6, strcmp(bind, "::") == 0 ? "::1" : bind, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((uint16_t)h->port);
-        sslen = sizeof *sin6;
-    } else {
+    if (socket_address(h->cfg->http.bind, h->port, true, &ss, &sslen) != 0)
         return -1;
-    }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;

@@ -259,21 +259,28 @@ static bool broker_ready(void *ctx)
     return mqtt_is_connected(g->mqtt);
 }
 
+/* The journal's numbers, and how many of its events the broker has not
+ * acknowledged yet: /metrics, /api/state and the systemd status say both. */
+static uint64_t journal_backlog(const struct gateway *g, struct journal_stats *st)
+{
+    journal_get_stats(g->journal, st);
+    uint64_t acked = publisher_acked(g->publisher);
+    return st->last_seq > acked ? st->last_seq - acked : 0;
+}
+
 static char *render_metrics(void *ctx, size_t *len)
 {
     struct gateway *g = ctx;
     struct journal_stats st;
-    journal_get_stats(g->journal, &st);
-    uint64_t last = st.last_seq;
-    uint64_t acked = publisher_acked(g->publisher);
+    uint64_t waiting = journal_backlog(g, &st);
     struct metrics_gauges gauges = {
         .broker_connected = mqtt_is_connected(g->mqtt),
         .mqtt_reconnects = mqtt_reconnects(g->mqtt),
         .mqtt_stalled = mqtt_stalled(g->mqtt),
-        .queue_depth = last > acked ? last - acked : 0,
+        .queue_depth = waiting,
         .journal_bytes = st.bytes,
         .journal_max_bytes = st.max_bytes,
-        .last_seq = last,
+        .last_seq = st.last_seq,
         .http_streams = http_streams(atomic_load(&g->http)),
         .broker_server = mqtt_server_index(g->mqtt),
         .broker_url = mqtt_server(g->mqtt),
@@ -305,8 +312,7 @@ static void gateway_status(void *ctx, char *line, size_t cap)
 {
     struct gateway *g = ctx;
     struct journal_stats st;
-    journal_get_stats(g->journal, &st);
-    uint64_t acked = publisher_acked(g->publisher);
+    uint64_t waiting = journal_backlog(g, &st);
     const char *server = mqtt_server(g->mqtt);
     int n = mqtt_is_connected(g->mqtt)
                 ? snprintf(line, cap, "broker connected (%s, MQTT %s)", server ? server : "?",
@@ -314,8 +320,7 @@ static void gateway_status(void *ctx, char *line, size_t cap)
                 : snprintf(line, cap, "broker not connected (%s)", g->cfg.mqtt.url);
     if (n > 0 && (size_t)n < cap)
         snprintf(line + n, cap - (size_t)n, "; last event seq %llu, %llu waiting in the journal",
-                 (unsigned long long)st.last_seq,
-                 (unsigned long long)(st.last_seq > acked ? st.last_seq - acked : 0));
+                 (unsigned long long)st.last_seq, (unsigned long long)waiting);
 }
 
 static uint64_t wall_ms(void)
@@ -345,9 +350,7 @@ static json_object *render_state(void *ctx)
     add(o, "gateway", gw);
 
     struct journal_stats st;
-    journal_get_stats(g->journal, &st);
-    uint64_t last = st.last_seq;
-    uint64_t acked = publisher_acked(g->publisher);
+    uint64_t waiting = journal_backlog(g, &st);
     uint64_t since = mqtt_connected_since_ms(g->mqtt);
     json_object *b = json_object_new_object();
     /* config refuses user info in the URL: nothing secret in it. */
@@ -359,7 +362,7 @@ static json_object *render_state(void *ctx)
     add(b, "connected_since_ms", since ? json_object_new_int64((int64_t)since) : NULL);
     add(b, "reconnects", json_object_new_int64((int64_t)mqtt_reconnects(g->mqtt)));
     add(b, "stalled", json_object_new_boolean(mqtt_stalled(g->mqtt)));
-    add(b, "queue_depth", json_object_new_int64((int64_t)(last > acked ? last - acked : 0)));
+    add(b, "queue_depth", json_object_new_int64((int64_t)waiting));
     add(b, "journal_bytes", json_object_new_int64((int64_t)st.bytes));
     add(b, "journal_max_bytes", json_object_new_int64((int64_t)st.max_bytes));
     add(o, "broker", b);

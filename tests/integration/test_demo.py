@@ -24,7 +24,7 @@ class DemoTests(harness.IntegrationCase):
         broker = self.start_broker(d)
         sub = self.subscribe(broker.port, ["smartrace/#"])
         port = harness.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RACE2MQTT_")}
+        env = {k: v for k, v in os.environ.items() if not harness.inherited_setting(k)}
         env.update({"RACE2MQTT_MQTT_URL": "mqtt://127.0.0.1:%d" % broker.port,
                     "RACE2MQTT_MQTT_CLIENT_ID": harness.unique("r2m-demo"),
                     "RACE2MQTT_HTTP_BIND": "127.0.0.1",
